@@ -1,0 +1,75 @@
+"""Facts from the kernel's own files: the PCI bus, loaded modules, /proc/driver/nvidia, /dev."""
+
+from __future__ import annotations
+
+import re
+
+from pytest_gpuhost.facts.model import KernelFacts, PciGpu
+from pytest_gpuhost.host import Host
+
+NVIDIA_VENDOR = "0x10de"
+PCI_DEVICES = "/sys/bus/pci/devices"
+# PCI class 0x0300 is a VGA controller, 0x0302 a 3D controller: both are GPUs. NVSwitches
+# (0x0680) and audio functions (0x0403) of the same vendor are not.
+GPU_CLASSES = ("0x0300", "0x0302")
+DRIVER_VERSION_FILE = "/proc/driver/nvidia/version"
+_MODULE_VERSION = re.compile(r"Kernel Module(?:\s+for\s+\S+)?\s+(\d+\.\d+(?:\.\d+)?)")
+
+
+def scan_pci(host: Host) -> tuple[PciGpu, ...]:
+    """NVIDIA GPUs on the PCI bus, whether or not a driver has claimed them."""
+    found = []
+    for address in host.listdir(PCI_DEVICES):
+        base = f"{PCI_DEVICES}/{address}"
+        vendor = (host.read_text(f"{base}/vendor") or "").strip().lower()
+        class_code = (host.read_text(f"{base}/class") or "").strip().lower()
+        if vendor != NVIDIA_VENDOR or not class_code.startswith(GPU_CLASSES):
+            continue
+        driver_link = host.readlink(f"{base}/driver")
+        found.append(
+            PciGpu(
+                address=address.lower(),
+                device_id=(host.read_text(f"{base}/device") or "").strip().lower(),
+                class_code=class_code,
+                driver=driver_link.rsplit("/", 1)[-1] if driver_link else None,
+            )
+        )
+    return tuple(found)
+
+
+def parse_module_version(version_text: str) -> str | None:
+    """The driver version in ``/proc/driver/nvidia/version`` (proprietary and open modules)."""
+    match = _MODULE_VERSION.search(version_text)
+    return match.group(1) if match else None
+
+
+def loaded_modules(host: Host) -> frozenset[str]:
+    """Loaded kernel modules; built-in ones appear under /sys/module only."""
+    names = set()
+    for line in (host.read_text("/proc/modules") or "").splitlines():
+        if line.strip():
+            names.add(line.split()[0])
+    for name in ("nvidia", "nvidia_uvm", "nvidia_drm", "nvidia_modeset", "nouveau"):
+        # /sys/module/<name>/initstate exists for loaded modules; built-ins have only parameters.
+        if host.exists(f"/sys/module/{name}/initstate") or host.exists(f"/sys/module/{name}/version"):
+            names.add(name)
+    return frozenset(names)
+
+
+def gather_kernel(host: Host) -> KernelFacts:
+    version_text: str | None = None
+    version_error: str | None = None
+    try:
+        version_text = host.read_text(DRIVER_VERSION_FILE)
+        if version_text is None:
+            version_error = f"{DRIVER_VERSION_FILE} does not exist"
+    except PermissionError as exc:
+        version_error = f"{DRIVER_VERSION_FILE} is not readable: {exc}"
+    return KernelFacts(
+        modules=loaded_modules(host),
+        version_text=version_text,
+        version_error=version_error,
+        module_version=parse_module_version(version_text) if version_text else None,
+        device_nodes=frozenset(n for n in host.listdir("/dev") if n.startswith("nvidia")),
+        proc_gpus=tuple(a.lower() for a in host.listdir("/proc/driver/nvidia/gpus")),
+    )

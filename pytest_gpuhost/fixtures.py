@@ -1,0 +1,45 @@
+"""Fixtures the shipped suite uses, registered only under ``--gpuhost``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from pytest_gpuhost.facts.model import HostFacts
+from pytest_gpuhost.host import Host
+from pytest_gpuhost.options import Settings
+from pytest_gpuhost.session import SESSION_KEY, GpuhostSession
+
+
+@pytest.fixture(scope="session")
+def gpuhost_session(pytestconfig: pytest.Config) -> GpuhostSession:
+    return pytestconfig.stash[SESSION_KEY]
+
+
+@pytest.fixture(scope="session")
+def gpuhost_settings(gpuhost_session: GpuhostSession) -> Settings:
+    return gpuhost_session.settings
+
+
+@pytest.fixture(scope="session")
+def gpuhost_facts(gpuhost_session: GpuhostSession) -> HostFacts:
+    return gpuhost_session.facts
+
+
+@pytest.fixture(scope="session")
+def gpuhost_host(gpuhost_session: GpuhostSession) -> Host:
+    return gpuhost_session.host
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _gpuhost_suite_properties(
+    record_testsuite_property: Callable[[str, object], None], gpuhost_facts: HostFacts
+) -> None:
+    """The host inventory as JUnit testsuite properties, for dashboards."""
+    record_testsuite_property("gpuhost.host", gpuhost_facts.host)
+    record_testsuite_property("gpuhost.driver", gpuhost_facts.driver_version or "none")
+    record_testsuite_property("gpuhost.cuda", gpuhost_facts.cuda_driver_version or "none")
+    record_testsuite_property("gpuhost.gpu_count", len(gpuhost_facts.gpus))
+    for gpu in gpuhost_facts.gpus:
+        record_testsuite_property(f"gpuhost.gpu{gpu.index}", f"{gpu.name} {gpu.uuid} {gpu.pci_bus_id}")

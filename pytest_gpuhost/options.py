@@ -1,0 +1,173 @@
+"""The plugin's options: one table, each option with its ini equivalent, resolved into settings.
+
+Kept free of third-party imports: it is loaded in every pytest session of the environment.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pytest
+
+TIERS = ("quick", "container", "burn")
+GPU_ACCESS_MODES = ("gpus", "cdi", "runtime", "devices")
+PULL_POLICIES = ("missing", "always", "never")
+DEFAULT_IMAGE = "nvidia/cuda:13.0.1-base-ubuntu24.04"
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    flag: str
+    help: str
+    default: Any = None
+    type: type | None = str
+    choices: tuple[str, ...] | None = None
+    metavar: str | None = None
+
+    @property
+    def ini(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+    @property
+    def dest(self) -> str:
+        return self.ini
+
+
+OPTIONS: tuple[OptionSpec, ...] = (
+    OptionSpec("--gpuhost-expect-gpus", "fail unless the host shows exactly N GPUs", type=int, metavar="N"),
+    OptionSpec(
+        "--gpuhost-tier",
+        "quick: facts only (seconds); container: also containers (default); burn: everything",
+        default="container",
+        choices=TIERS,
+    ),
+    OptionSpec(
+        "--gpuhost-gpus",
+        "GPUs to check: 'all' (default) or a comma list of indices and UUID prefixes",
+        default="all",
+        metavar="SELECT",
+    ),
+    OptionSpec(
+        "--gpuhost-timeout",
+        "seconds any one native call (NVML, nvidia-smi, docker) may take (default 30)",
+        default=30.0,
+        type=float,
+        metavar="SECONDS",
+    ),
+    OptionSpec("--gpuhost-image", f"CUDA image for container checks (default {DEFAULT_IMAGE})", default=DEFAULT_IMAGE, metavar="IMAGE"),
+    OptionSpec(
+        "--gpuhost-gpu-access",
+        "how containers get GPUs: gpus (default), cdi, runtime, devices",
+        default="gpus",
+        choices=GPU_ACCESS_MODES,
+    ),
+    OptionSpec("--gpuhost-pull", "image pull policy: missing (default), always, never", default="missing", choices=PULL_POLICIES),
+    OptionSpec("--gpuhost-compose", "a compose file whose GPU reservations to validate", metavar="FILE"),
+    OptionSpec("--gpuhost-workload-image", "image with PyTorch or CuPy for the matmul and burn (default: --gpuhost-image)", metavar="IMAGE"),
+    OptionSpec("--gpuhost-burn", "run the burn tier for DURATION (60s, 5m, 2h) on all selected GPUs at once", metavar="DURATION"),
+    OptionSpec("--gpuhost-burn-on", "where the burn runs: container (default) or host", default="container", choices=("container", "host")),
+    OptionSpec("--gpuhost-temp-limit", "hard GPU temperature limit in °C during the burn (default 85)", default=85.0, type=float, metavar="CELSIUS"),
+)
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("gpuhost", "GPU host conformance (pytest-gpuhost)")
+    group.addoption(
+        "--gpuhost",
+        action="store_true",
+        default=None,
+        help="run the GPU host conformance suite against this host",
+    )
+    parser.addini("gpuhost", "run the GPU host conformance suite (like --gpuhost)", type="bool", default=False)
+    for spec in OPTIONS:
+        kwargs: dict[str, Any] = {"dest": spec.dest, "default": None, "help": spec.help}
+        if spec.type is not None:
+            kwargs["type"] = spec.type
+        if spec.choices:
+            kwargs["choices"] = spec.choices
+        if spec.metavar:
+            kwargs["metavar"] = spec.metavar
+        group.addoption(spec.flag, **kwargs)
+        parser.addini(spec.ini, f"{spec.help} (like {spec.flag})", type="string", default=None)
+
+
+def is_enabled(config: pytest.Config) -> bool:
+    flag = config.getoption("gpuhost", default=None)
+    return bool(flag) if flag is not None else bool(config.getini("gpuhost"))
+
+
+class UsageError(ValueError):
+    """A bad option value: reported by pytest as a usage error naming the option."""
+
+
+def raw_value(config: pytest.Config, spec: OptionSpec) -> Any:
+    """The option's value from the command line, else the ini file, else its default."""
+    value = config.getoption(spec.dest, default=None)
+    if value is not None:
+        return value
+    ini = config.getini(spec.ini)
+    if ini in (None, ""):
+        return spec.default
+    if spec.type is None or spec.type is str:
+        value = ini
+    else:
+        try:
+            value = spec.type(ini)
+        except ValueError:
+            raise UsageError(f"ini option {spec.ini} = {ini!r} is not a valid {spec.type.__name__}") from None
+    if spec.choices and value not in spec.choices:
+        raise UsageError(f"ini option {spec.ini} = {value!r}: choose from {', '.join(spec.choices)}")
+    return value
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h)?\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``5m``, ``2h`` to seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise UsageError(f"--gpuhost-burn {text!r}: give a duration such as 60s, 5m or 2h")
+    scale = {"s": 1, "m": 60, "h": 3600}[match.group(2) or "s"]
+    return float(match.group(1)) * scale
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved options of one run."""
+
+    expect_gpus: int | None
+    tier: str
+    gpus: str
+    timeout: float
+    image: str
+    gpu_access: str
+    pull: str
+    compose: str | None
+    workload_image: str | None
+    burn_seconds: float | None
+    burn_on: str
+    temp_limit: float
+
+    @classmethod
+    def from_config(cls, config: pytest.Config) -> Settings:
+        values = {spec.dest.removeprefix("gpuhost_"): raw_value(config, spec) for spec in OPTIONS}
+        burn = values.pop("burn")
+        burn_seconds = parse_duration(burn) if burn else None
+        tier = values.pop("tier")
+        if burn_seconds is not None:
+            tier = "burn"
+        elif tier == "burn":
+            burn_seconds = 60.0
+        expect = values["expect_gpus"]
+        if expect is not None and expect < 0:
+            raise UsageError("--gpuhost-expect-gpus must be 0 or more")
+        if values["timeout"] <= 0:
+            raise UsageError("--gpuhost-timeout must be positive")
+        return cls(tier=tier, burn_seconds=burn_seconds, **values)
+
+    def tier_rank(self) -> int:
+        return TIERS.index(self.tier)

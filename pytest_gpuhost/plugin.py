@@ -1,0 +1,27 @@
+"""The pytest11 entry point. Without ``--gpuhost`` it registers options and does nothing else.
+
+Everything that imports docker, pynvml or the suite's machinery lives in
+``pytest_gpuhost.session`` and is imported only when the suite is asked for.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_gpuhost.options import UsageError, add_options, is_enabled
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    add_options(parser)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config: pytest.Config) -> None:
+    if not is_enabled(config):
+        return
+    from pytest_gpuhost.session import GpuhostSession
+
+    try:
+        GpuhostSession.install(config)
+    except UsageError as exc:
+        raise pytest.UsageError(f"pytest-gpuhost: {exc}") from None

@@ -1,0 +1,1 @@
+"""The conformance suite, one module per step of the setup guide. Shipped inside the wheel."""
