@@ -26,6 +26,7 @@ class OptionSpec:
     type: type | None = str
     choices: tuple[str, ...] | None = None
     metavar: str | None = None
+    multiple: bool = False
 
     @property
     def ini(self) -> str:
@@ -57,19 +58,68 @@ OPTIONS: tuple[OptionSpec, ...] = (
         type=float,
         metavar="SECONDS",
     ),
-    OptionSpec("--gpuhost-image", f"CUDA image for container checks (default {DEFAULT_IMAGE})", default=DEFAULT_IMAGE, metavar="IMAGE"),
+    OptionSpec(
+        "--gpuhost-image",
+        f"CUDA image for container checks (default {DEFAULT_IMAGE})",
+        default=DEFAULT_IMAGE,
+        metavar="IMAGE",
+    ),
     OptionSpec(
         "--gpuhost-gpu-access",
         "how containers get GPUs: gpus (default), cdi, runtime, devices",
         default="gpus",
         choices=GPU_ACCESS_MODES,
     ),
-    OptionSpec("--gpuhost-pull", "image pull policy: missing (default), always, never", default="missing", choices=PULL_POLICIES),
+    OptionSpec(
+        "--gpuhost-pull",
+        "image pull policy: missing (default), always, never",
+        default="missing",
+        choices=PULL_POLICIES,
+    ),
     OptionSpec("--gpuhost-compose", "a compose file whose GPU reservations to validate", metavar="FILE"),
-    OptionSpec("--gpuhost-workload-image", "image with PyTorch or CuPy for the matmul and burn (default: --gpuhost-image)", metavar="IMAGE"),
-    OptionSpec("--gpuhost-burn", "run the burn tier for DURATION (60s, 5m, 2h) on all selected GPUs at once", metavar="DURATION"),
-    OptionSpec("--gpuhost-burn-on", "where the burn runs: container (default) or host", default="container", choices=("container", "host")),
-    OptionSpec("--gpuhost-temp-limit", "hard GPU temperature limit in °C during the burn (default 85)", default=85.0, type=float, metavar="CELSIUS"),
+    OptionSpec(
+        "--gpuhost-workload-image",
+        "image with PyTorch or CuPy for the matmul and burn (default: --gpuhost-image)",
+        metavar="IMAGE",
+    ),
+    OptionSpec(
+        "--gpuhost-volume",
+        "extra bind mount SRC:DST[:ro] for GPU containers (repeatable), e.g. a driver root",
+        default=(),
+        metavar="SRC:DST[:MODE]",
+        multiple=True,
+    ),
+    OptionSpec(
+        "--gpuhost-env",
+        "extra KEY=VALUE for GPU containers (repeatable)",
+        default=(),
+        metavar="KEY=VALUE",
+        multiple=True,
+    ),
+    OptionSpec(
+        "--gpuhost-python",
+        "the workload image's Python interpreter (default python3)",
+        default="python3",
+        metavar="PATH",
+    ),
+    OptionSpec(
+        "--gpuhost-burn",
+        "run the burn tier for DURATION (60s, 5m, 2h) on all selected GPUs at once",
+        metavar="DURATION",
+    ),
+    OptionSpec(
+        "--gpuhost-burn-on",
+        "where the burn runs: container (default) or host",
+        default="container",
+        choices=("container", "host"),
+    ),
+    OptionSpec(
+        "--gpuhost-temp-limit",
+        "hard GPU temperature limit in °C during the burn (default 85)",
+        default=85.0,
+        type=float,
+        metavar="CELSIUS",
+    ),
 )
 
 
@@ -81,9 +131,13 @@ def add_options(parser: pytest.Parser) -> None:
         default=None,
         help="run the GPU host conformance suite against this host",
     )
-    parser.addini("gpuhost", "run the GPU host conformance suite (like --gpuhost)", type="bool", default=False)
+    parser.addini(
+        "gpuhost", "run the GPU host conformance suite (like --gpuhost)", type="bool", default=False
+    )
     for spec in OPTIONS:
         kwargs: dict[str, Any] = {"dest": spec.dest, "default": None, "help": spec.help}
+        if spec.multiple:
+            kwargs["action"] = "append"
         if spec.type is not None:
             kwargs["type"] = spec.type
         if spec.choices:
@@ -91,7 +145,10 @@ def add_options(parser: pytest.Parser) -> None:
         if spec.metavar:
             kwargs["metavar"] = spec.metavar
         group.addoption(spec.flag, **kwargs)
-        parser.addini(spec.ini, f"{spec.help} (like {spec.flag})", type="string", default=None)
+        if spec.multiple:
+            parser.addini(spec.ini, f"{spec.help} (like {spec.flag})", type="linelist", default=None)
+        else:
+            parser.addini(spec.ini, f"{spec.help} (like {spec.flag})", type="string", default=None)
 
 
 def is_enabled(config: pytest.Config) -> bool:
@@ -107,10 +164,12 @@ def raw_value(config: pytest.Config, spec: OptionSpec) -> Any:
     """The option's value from the command line, else the ini file, else its default."""
     value = config.getoption(spec.dest, default=None)
     if value is not None:
-        return value
+        return tuple(value) if spec.multiple else value
     ini = config.getini(spec.ini)
-    if ini in (None, ""):
+    if ini in (None, "", []):
         return spec.default
+    if spec.multiple:
+        return tuple(ini)
     if spec.type is None or spec.type is str:
         value = ini
     else:
@@ -148,6 +207,9 @@ class Settings:
     pull: str
     compose: str | None
     workload_image: str | None
+    volume: tuple[str, ...]
+    env: tuple[str, ...]
+    python: str
     burn_seconds: float | None
     burn_on: str
     temp_limit: float

@@ -11,6 +11,12 @@ import pytest
 from pytest_gpuhost.options import UsageError, add_options, is_enabled
 
 
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from pytest_gpuhost import hooks
+
+    pluginmanager.add_hookspecs(hooks)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     add_options(parser)
 

@@ -35,6 +35,23 @@ def suite_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "suites"
 
 
+def _interrupt_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum} (SIGTERM)")
+
+
+def install_sigterm_handler() -> None:
+    """SIGTERM (a spot VM being evicted, a CI job cancelled) ends the run like Ctrl-C.
+
+    pytest then unwinds: every container is removed in its ``finally``, the session fixtures
+    sweep, and the JUnit report is still written with what completed.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+
+
 def select_gpus(gpus: tuple[GpuInfo, ...], selection: str) -> tuple[GpuInfo, ...]:
     """``all``, or a comma list of indices and UUID prefixes (``0,2`` or ``GPU-042f``)."""
     if selection.strip().lower() == "all":
@@ -68,12 +85,15 @@ class GpuhostSession:
         config.addinivalue_line(
             "markers", f"{NEEDS_MARKER}(*names): skip unless these host preconditions hold"
         )
-        session = cls(config, settings)
+        host = config.hook.pytest_gpuhost_make_host(config=config)
+        session = cls(config, settings, host)
         config.stash[SESSION_KEY] = session
         config.pluginmanager.register(session, "gpuhost-session")
-        from pytest_gpuhost import fixtures
+        from pytest_gpuhost import container_fixtures, fixtures
 
         config.pluginmanager.register(fixtures, "gpuhost-fixtures")
+        config.pluginmanager.register(container_fixtures, "gpuhost-container-fixtures")
+        install_sigterm_handler()
         if config.args_source != pytest.Config.ArgsSource.ARGS:
             # Collect the shipped suite unless the user named their own paths.
             config.args = [str(suite_dir())]
@@ -111,14 +131,25 @@ class GpuhostSession:
             metafunc.parametrize("gpu", gpus, ids=[g.test_id for g in gpus])
             return
         listing = self.facts.preconditions["gpu_listing"]
-        reason = f"no GPU to check: {listing.check} failed: {listing.reason}" if not listing.ok else (
-            f"--gpuhost-gpus {self.settings.gpus!r} selects no GPU"
+        reason = (
+            f"no GPU to check: {listing.check} failed: {listing.reason}"
+            if not listing.ok
+            else (f"--gpuhost-gpus {self.settings.gpus!r} selects no GPU")
         )
         metafunc.parametrize("gpu", [pytest.param(None, marks=pytest.mark.skip(reason=reason), id="no-gpu")])
 
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collection(self, session: pytest.Session) -> None:
+        """A --gpuhost-gpus naming no GPU of this host is a usage error, not a collection error per module."""
+        try:
+            self.selected_gpus()
+        except UsageError as exc:
+            raise pytest.UsageError(f"pytest-gpuhost: {exc}") from None
+
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
         rank = self.settings.tier_rank()
-        keep, drop = [], []
+        keep: list[pytest.Item] = []
+        drop: list[pytest.Item] = []
         for item in items:
             tiers = [TIERS.index(m.name) for m in item.iter_markers() if m.name in TIERS]
             (drop if tiers and min(tiers) > rank else keep).append(item)
@@ -142,10 +173,14 @@ class GpuhostSession:
         if not facts.gpus:
             write("GPUs: none found")
         for gpu in facts.gpus:
-            write(f"  gpu{gpu.index}  {gpu.name}  {gpu.uuid}  {gpu.pci_bus_id}  {gpu.memory_total_mib or '?'} MiB")
+            write(
+                f"  gpu{gpu.index}  {gpu.name}  {gpu.uuid}  {gpu.pci_bus_id}  {gpu.memory_total_mib or '?'} MiB"
+            )
         failed = terminalreporter.stats.get("failed", []) + terminalreporter.stats.get("error", [])
         for report in failed:
             text = str(getattr(report, "longreprtext", "") or report.longrepr or "")
             first = next((line for line in text.splitlines() if line.strip().startswith("FOUND:")), "")
             first = first or (text.strip().splitlines() or [""])[-1]
-            write(f"FAILED {report.nodeid.split('::')[-1]}: {first.strip().removeprefix('FOUND: ')}", red=True)
+            write(
+                f"FAILED {report.nodeid.split('::')[-1]}: {first.strip().removeprefix('FOUND: ')}", red=True
+            )

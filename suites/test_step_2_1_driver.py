@@ -93,8 +93,14 @@ NVML_DIAGNOSES = {
         "install the driver's user-space libraries (e.g. libnvidia-compute-<version>) and run `sudo ldconfig`",
     ),
     "no-driver": ("the kernel module is not loaded or does not answer", INSTALL_FIX),
-    "permission": ("this user may not open /dev/nvidia*", "check the device nodes' mode (`ls -l /dev/nvidia*`)"),
-    "timeout": ("the driver is hung (a GPU in a bad state)", "read `sudo dmesg | grep -i -e NVRM -e Xid`; reset the GPU or reboot"),
+    "permission": (
+        "this user may not open /dev/nvidia*",
+        "check the device nodes' mode (`ls -l /dev/nvidia*`)",
+    ),
+    "timeout": (
+        "the driver is hung (a GPU in a bad state)",
+        "read `sudo dmesg | grep -i -e NVRM -e Xid`; reset the GPU or reboot",
+    ),
     "import": ("the nvidia-ml-py package is not installed in this Python", "`pip install nvidia-ml-py`"),
 }
 
@@ -117,7 +123,10 @@ def test_nvml_initialises(gpuhost_facts: HostFacts) -> None:
 
 
 SMI_DIAGNOSES = {
-    "missing": ("nvidia-smi is not installed or not on PATH", "install the driver's utilities (e.g. nvidia-utils-<version>)"),
+    "missing": (
+        "nvidia-smi is not installed or not on PATH",
+        "install the driver's utilities (e.g. nvidia-utils-<version>)",
+    ),
     "version-mismatch": NVML_DIAGNOSES["version-mismatch"],
     "no-driver": ("nvidia-smi cannot talk to the driver", INSTALL_FIX),
     "permission": NVML_DIAGNOSES["permission"],
@@ -148,14 +157,22 @@ def test_nvidia_smi_matches_nvml(gpuhost_facts: HostFacts, gpu: GpuInfo) -> None
             "`nvidia-smi -q -i <index>`; read `sudo dmesg | grep -i Xid`",
         )
     nvml_view = {
-        "name": gpu.name, "PCI address": gpu.pci_bus_id, "memory MiB": gpu.memory_total_mib,
+        "name": gpu.name,
+        "PCI address": gpu.pci_bus_id,
+        "memory MiB": gpu.memory_total_mib,
         "driver version": gpuhost_facts.nvml.driver_version,
     }
     smi_view = {
-        "name": twin.name, "PCI address": twin.pci_bus_id, "memory MiB": twin.memory_total_mib,
+        "name": twin.name,
+        "PCI address": twin.pci_bus_id,
+        "memory MiB": twin.memory_total_mib,
         "driver version": smi.driver_version,
     }
-    differ = [f"{k}: NVML {nvml_view[k]!r}, nvidia-smi {smi_view[k]!r}" for k in nvml_view if nvml_view[k] != smi_view[k]]
+    differ = [
+        f"{k}: NVML {nvml_view[k]!r}, nvidia-smi {smi_view[k]!r}"
+        for k in nvml_view
+        if nvml_view[k] != smi_view[k]
+    ]
     if differ:
         fail(
             f"NVML and nvidia-smi disagree on GPU {gpu.index}: " + "; ".join(differ),

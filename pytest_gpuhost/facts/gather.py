@@ -21,8 +21,13 @@ CHECK_SMI = "test_nvidia_smi_runs"
 
 
 def derive_preconditions(
-    pci: tuple[PciGpu, ...], kernel: KernelFacts, nvml_ok: bool, nvml_error: str | None,
-    smi_ok: bool, smi_error: str | None, gpu_count: int,
+    pci: tuple[PciGpu, ...],
+    kernel: KernelFacts,
+    nvml_ok: bool,
+    nvml_error: str | None,
+    smi_ok: bool,
+    smi_error: str | None,
+    gpu_count: int,
 ) -> dict[str, Precondition]:
     gpu_present = Precondition(
         "gpu_present",
@@ -47,14 +52,19 @@ def derive_preconditions(
     # Per-GPU checks need a GPU listing from either source.
     listing_parent = nvml if nvml.ok or not smi.ok else smi
     gpus = chained(
-        "gpu_listing", listing_parent.check, listing_parent.ok and gpu_count > 0,
-        listing_parent.reason or "the driver lists no GPU", listing_parent,
+        "gpu_listing",
+        listing_parent.check,
+        listing_parent.ok and gpu_count > 0,
+        listing_parent.reason or "the driver lists no GPU",
+        listing_parent,
     )
     return {p.name: p for p in (gpu_present, driver, nvml, smi, gpus)}
 
 
 def gather_host_facts(
-    host: Host, timeout: float, nvml_loader: Callable[[], ModuleType] | None = None,
+    host: Host,
+    timeout: float,
+    nvml_loader: Callable[[], ModuleType] | None = None,
     use_nvml: bool = True,
 ) -> HostFacts:
     """All facts of steps 1.1 and 2.1 for ``host``. NVML is read only where pytest runs."""

@@ -33,7 +33,8 @@ def load_pynvml() -> ModuleType:
     """Import ``pynvml`` (from ``nvidia-ml-py``); a seam that tests replace with a capture."""
     import pynvml
 
-    return pynvml
+    module: ModuleType = pynvml
+    return module
 
 
 def _optional(nvml: Any, fn: Callable[[], T]) -> T | None:

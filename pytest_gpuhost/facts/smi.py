@@ -55,7 +55,7 @@ def parse_smi_xml(xml_text: str) -> GpuListing:
                 index=index,
                 uuid=_text(node, "uuid") or "",
                 name=_text(node, "product_name") or "",
-                pci_bus_id=normalize_pci_bus_id(_text(node, "pci/pci_bus_id") or node.get("id", "")),
+                pci_bus_id=normalize_pci_bus_id(_text(node, "pci/pci_bus_id") or node.get("id") or ""),
                 memory_total_mib=_int(node, "fb_memory_usage/total"),
                 minor_number=_int(node, "minor_number"),
                 temperature_c=_int(node, "temperature/gpu_temp"),
