@@ -21,7 +21,7 @@ from pytest_gpuhost.containers import (
     sweep,
 )
 from pytest_gpuhost.diagnosis import Diagnosis
-from pytest_gpuhost.docker_client import DockerUnavailable, connect
+from pytest_gpuhost.docker_fixtures import DockerConnection
 from pytest_gpuhost.facts.model import HostFacts
 from pytest_gpuhost.host import Host
 from pytest_gpuhost.options import Settings
@@ -29,7 +29,6 @@ from pytest_gpuhost.options import Settings
 if TYPE_CHECKING:
     import docker
 
-CHECK_DOCKER = "test_docker_daemon_answers"
 CHECK_GPU_CONTAINER = "test_container_sees_all_gpus"
 SMI_QUERY = [
     "nvidia-smi",
@@ -119,11 +118,9 @@ def smi_result_diagnosis(result: ContainerResult, settings: Settings) -> Diagnos
 
 
 @pytest.fixture(scope="session")
-def gpuhost_docker(gpuhost_settings: Settings) -> docker.DockerClient:
-    try:
-        return connect(gpuhost_settings.timeout)
-    except DockerUnavailable as exc:
-        pytest.skip(f"needs docker: {CHECK_DOCKER} failed: {exc.diagnosis.found}")
+def gpuhost_docker(gpuhost_docker_connection: DockerConnection) -> docker.DockerClient:
+    """The session's one daemon connection; skips with the reason when there is none."""
+    return gpuhost_docker_connection.require()
 
 
 @pytest.fixture(scope="session")

@@ -89,10 +89,11 @@ class GpuhostSession:
         session = cls(config, settings, host)
         config.stash[SESSION_KEY] = session
         config.pluginmanager.register(session, "gpuhost-session")
-        from pytest_gpuhost import container_fixtures, fixtures
+        from pytest_gpuhost import container_fixtures, docker_fixtures, fixtures
 
         config.pluginmanager.register(fixtures, "gpuhost-fixtures")
         config.pluginmanager.register(container_fixtures, "gpuhost-container-fixtures")
+        docker_fixtures.install(config)
         install_sigterm_handler()
         if config.args_source != pytest.Config.ArgsSource.ARGS:
             # Collect the shipped suite unless the user named their own paths.

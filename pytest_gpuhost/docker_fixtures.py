@@ -1,0 +1,106 @@
+"""Fixtures of guide steps 2.2 and 2.3: the daemon connection, engine facts and toolkit facts.
+
+The daemon is asked once per session. When it cannot be reached, ``test_docker_daemon_answers``
+fails with the diagnosis and every check that needs the daemon is skipped with a reason that
+names that check, like the GPU preconditions do.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import pytest
+
+from pytest_gpuhost.diagnosis import Diagnosis
+from pytest_gpuhost.docker_client import DockerUnavailable, connect
+from pytest_gpuhost.facts.docker_engine import EngineFacts, gather_engine
+from pytest_gpuhost.facts.model import Precondition
+from pytest_gpuhost.facts.toolkit import ToolkitFacts, gather_toolkit
+from pytest_gpuhost.host import Host
+from pytest_gpuhost.options import Settings
+from pytest_gpuhost.timeouts import NativeCallTimeout
+
+if TYPE_CHECKING:
+    import docker
+
+CHECK_DOCKER = "test_docker_daemon_answers"
+CONNECTION_KEY = pytest.StashKey["DockerConnection"]()
+
+
+@dataclass(frozen=True)
+class DockerConnection:
+    """The daemon's client, or the diagnosis of why there is none."""
+
+    client: docker.DockerClient | None
+    diagnosis: Diagnosis | None
+    docker_host: str | None
+
+    @property
+    def precondition(self) -> Precondition:
+        reason = self.diagnosis.found if self.diagnosis else ""
+        return Precondition("docker", ok=self.client is not None, check=CHECK_DOCKER, reason=reason)
+
+    def require(self) -> docker.DockerClient:
+        """The client; skips the calling check when the daemon cannot be used."""
+        if self.client is None:
+            pre = self.precondition
+            pytest.skip(f"needs docker: {pre.check} failed: {pre.reason}")
+        return self.client
+
+
+def docker_connection(config: pytest.Config, timeout: float) -> DockerConnection:
+    """Connect once per session; every later caller gets the same outcome."""
+    if CONNECTION_KEY not in config.stash:
+        docker_host = os.environ.get("DOCKER_HOST") or None
+        try:
+            connection = DockerConnection(connect(timeout), None, docker_host)
+        except DockerUnavailable as exc:
+            connection = DockerConnection(None, exc.diagnosis, docker_host)
+        config.stash[CONNECTION_KEY] = connection
+    return config.stash[CONNECTION_KEY]
+
+
+def install(config: pytest.Config) -> None:
+    """Register these fixtures once, whether the session or ``-p`` loaded the module first."""
+    module = sys.modules[__name__]
+    if not config.pluginmanager.is_registered(module):
+        config.pluginmanager.register(module, "gpuhost-docker-fixtures")
+
+
+@pytest.fixture(scope="session")
+def gpuhost_docker_connection(pytestconfig: pytest.Config, gpuhost_settings: Settings) -> DockerConnection:
+    return docker_connection(pytestconfig, gpuhost_settings.timeout)
+
+
+@pytest.fixture(scope="session")
+def gpuhost_engine(
+    gpuhost_docker_connection: DockerConnection, gpuhost_host: Host, gpuhost_settings: Settings
+) -> EngineFacts:
+    """The engine's facts; checks that use them are skipped when the daemon is unreachable."""
+    client = gpuhost_docker_connection.require()
+    try:
+        return gather_engine(
+            client, gpuhost_host, gpuhost_settings.timeout, gpuhost_docker_connection.docker_host
+        )
+    except NativeCallTimeout as exc:
+        pytest.skip(f"needs docker: `docker info` did not answer: {exc}")
+
+
+@pytest.fixture(scope="session")
+def gpuhost_toolkit(
+    gpuhost_docker_connection: DockerConnection,
+    gpuhost_host: Host,
+    gpuhost_settings: Settings,
+    request: pytest.FixtureRequest,
+) -> ToolkitFacts:
+    """The toolkit's files and commands; the daemon only tells which daemon.json is in use."""
+    engine: EngineFacts | None = None
+    if gpuhost_docker_connection.client is not None:
+        try:
+            engine = request.getfixturevalue("gpuhost_engine")
+        except pytest.skip.Exception:
+            engine = None  # a hung `docker info`: read /etc/docker/daemon.json
+    return gather_toolkit(gpuhost_host, gpuhost_settings.timeout, engine)
