@@ -103,6 +103,11 @@ OPTIONS: tuple[OptionSpec, ...] = (
         metavar="PATH",
     ),
     OptionSpec(
+        "--gpuhost-mig",
+        "expected MIG mode of the selected GPUs: on or off (default: not checked)",
+        choices=("on", "off"),
+    ),
+    OptionSpec(
         "--gpuhost-burn",
         "run the burn tier for DURATION (60s, 5m, 2h) on all selected GPUs at once",
         metavar="DURATION",
@@ -213,6 +218,7 @@ class Settings:
     burn_seconds: float | None
     burn_on: str
     temp_limit: float
+    mig: str | None
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:

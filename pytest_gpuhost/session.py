@@ -89,11 +89,12 @@ class GpuhostSession:
         session = cls(config, settings, host)
         config.stash[SESSION_KEY] = session
         config.pluginmanager.register(session, "gpuhost-session")
-        from pytest_gpuhost import container_fixtures, docker_fixtures, fixtures
+        from pytest_gpuhost import container_fixtures, docker_fixtures, fixtures, health_fixtures
 
-        config.pluginmanager.register(fixtures, "gpuhost-fixtures")
-        config.pluginmanager.register(container_fixtures, "gpuhost-container-fixtures")
-        docker_fixtures.install(config)
+        for module in (fixtures, container_fixtures, docker_fixtures, health_fixtures):
+            # Idempotent: a test may already have loaded one with `-p`.
+            if not config.pluginmanager.is_registered(module):
+                config.pluginmanager.register(module, f"gpuhost-{module.__name__.rsplit('.', 1)[-1]}")
         install_sigterm_handler()
         if config.args_source != pytest.Config.ArgsSource.ARGS:
             # Collect the shipped suite unless the user named their own paths.
