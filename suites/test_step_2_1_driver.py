@@ -87,7 +87,10 @@ def _mismatch(kernel_version: str, library_version: str) -> None:
 
 
 NVML_DIAGNOSES = {
-    "version-mismatch": ("the driver was upgraded but the old kernel module is still loaded", RELOAD_FIX),
+    "version-mismatch": (
+        "Driver/library version mismatch: the driver was upgraded but the old kernel module is still loaded",
+        RELOAD_FIX,
+    ),
     "library-not-found": (
         "libnvidia-ml.so.1 is not installed or not on the loader path",
         "install the driver's user-space libraries (e.g. libnvidia-compute-<version>) and run `sudo ldconfig`",

@@ -101,7 +101,9 @@ def read_smi(host: Host, timeout: float) -> GpuListing:
         return GpuListing("nvidia-smi", ok=False, error=result.describe(), error_kind="timeout")
     if result.returncode != 0:
         message = (result.stdout + result.stderr).strip()
-        return GpuListing(
-            "nvidia-smi", ok=False, error=result.describe(), error_kind=classify_smi_failure(message)
-        )
+        # nvidia-smi names the failure first ("Failed to initialize NVML: Driver/library version
+        # mismatch") and may add a detail line ("NVML library version: 580.159"): keep both.
+        lines = [line.strip() for line in message.splitlines() if line.strip()]
+        error = f"`{' '.join(result.argv)}` exited with {result.returncode}: {'; '.join(lines[:2]) or 'no output'}"
+        return GpuListing("nvidia-smi", ok=False, error=error, error_kind=classify_smi_failure(message))
     return parse_smi_xml(result.stdout)
