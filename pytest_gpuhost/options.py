@@ -5,6 +5,7 @@ Kept free of third-party imports: it is loaded in every pytest session of the en
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
 TIERS = ("quick", "container", "burn")
 GPU_ACCESS_MODES = ("gpus", "cdi", "runtime", "devices")
 PULL_POLICIES = ("missing", "always", "never")
+FAULT_SWITCH = "GPUHOST_ALLOW_FAULT_INJECTION"
 DEFAULT_IMAGE = "nvidia/cuda:13.0.1-base-ubuntu24.04"
 
 
@@ -106,6 +108,40 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "--gpuhost-mig",
         "expected MIG mode of the selected GPUs: on or off (default: not checked)",
         choices=("on", "off"),
+    ),
+    OptionSpec(
+        "--gpuhost-profile",
+        "a GPU-model profile file (TOML) adding or overriding models (repeatable; docs/profiles.md)",
+        default=(),
+        metavar="FILE",
+        multiple=True,
+    ),
+    OptionSpec(
+        "--gpuhost-json", "write this run's JSON report to FILE (docs/json-report.md)", metavar="FILE"
+    ),
+    OptionSpec(
+        "--gpuhost-save-baseline",
+        "save this run's versions and measured figures as a baseline to FILE (docs/baselines.md)",
+        metavar="FILE",
+    ),
+    OptionSpec(
+        "--gpuhost-baseline",
+        "compare this run with the baseline in FILE: regressions fail test_baseline_regressions",
+        metavar="FILE",
+    ),
+    OptionSpec(
+        "--gpuhost-matmul-size",
+        "matrix size n of the compute check (default 4096, at most 8192)",
+        default=4096,
+        type=int,
+        metavar="N",
+    ),
+    OptionSpec(
+        "--gpuhost-inject-fault",
+        "TEST ONLY: corrupt one result element, DTYPE:ROW:COL (needs GPUHOST_ALLOW_FAULT_INJECTION=1)",
+        default=(),
+        metavar="DTYPE:ROW:COL",
+        multiple=True,
     ),
     OptionSpec(
         "--gpuhost-burn",
@@ -219,6 +255,12 @@ class Settings:
     burn_on: str
     temp_limit: float
     mig: str | None
+    profile: tuple[str, ...]
+    json: str | None
+    save_baseline: str | None
+    baseline: str | None
+    matmul_size: int
+    inject_fault: tuple[str, ...]
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:
@@ -235,6 +277,11 @@ class Settings:
             raise UsageError("--gpuhost-expect-gpus must be 0 or more")
         if values["timeout"] <= 0:
             raise UsageError("--gpuhost-timeout must be positive")
+        if not 16 <= values["matmul_size"] <= 8192:
+            raise UsageError("--gpuhost-matmul-size must be between 16 and 8192")
+        if values["inject_fault"] and os.environ.get(FAULT_SWITCH) != "1":
+            # A test-only switch: a normal run can never corrupt results by accident.
+            raise UsageError(f"--gpuhost-inject-fault is for testing the suite; it needs {FAULT_SWITCH}=1")
         return cls(tier=tier, burn_seconds=burn_seconds, **values)
 
     def tier_rank(self) -> int:

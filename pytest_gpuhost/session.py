@@ -89,9 +89,36 @@ class GpuhostSession:
         session = cls(config, settings, host)
         config.stash[SESSION_KEY] = session
         config.pluginmanager.register(session, "gpuhost-session")
-        from pytest_gpuhost import container_fixtures, docker_fixtures, fixtures, health_fixtures
+        from pytest_gpuhost import (
+            container_fixtures,
+            docker_fixtures,
+            fixtures,
+            health_fixtures,
+            report_fixtures,
+            workload_fixtures,
+        )
+        from pytest_gpuhost.report_json import PLUGIN_NAME, JsonReport, inventory_from_facts
 
-        for module in (fixtures, container_fixtures, docker_fixtures, health_fixtures):
+        report_fixtures.profiles_from_config(config)  # a bad --gpuhost-profile stops here
+        if not config.pluginmanager.has_plugin(PLUGIN_NAME):
+            config.pluginmanager.register(
+                JsonReport(
+                    settings.json,
+                    lambda: inventory_from_facts(session.facts),
+                    save_baseline=settings.save_baseline,
+                    baseline=settings.baseline,
+                ),
+                PLUGIN_NAME,
+            )
+        modules = (
+            fixtures,
+            container_fixtures,
+            docker_fixtures,
+            health_fixtures,
+            report_fixtures,
+            workload_fixtures,
+        )
+        for module in modules:
             # Idempotent: a test may already have loaded one with `-p`.
             if not config.pluginmanager.is_registered(module):
                 config.pluginmanager.register(module, f"gpuhost-{module.__name__.rsplit('.', 1)[-1]}")

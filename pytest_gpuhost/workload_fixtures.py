@@ -1,0 +1,151 @@
+"""Fixtures that own the GPU workloads: one matmul container per GPU, one burn for all GPUs.
+
+Both run once per session and are cached, so the per-dtype and per-criterion test cases of a
+GPU read one run's results instead of each starting a container.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+
+import pytest
+
+from pytest_gpuhost.burn import workload as burn_workload
+from pytest_gpuhost.burn.run import BurnOutcome, Launcher, host_process, run_burn
+from pytest_gpuhost.container_fixtures import GpuContainerProbe
+from pytest_gpuhost.containers import ContainerFailure, Containers, GpuRequest
+from pytest_gpuhost.diagnosis import Diagnosis
+from pytest_gpuhost.facts.model import GpuInfo, HostFacts
+from pytest_gpuhost.options import FAULT_SWITCH, Settings
+from pytest_gpuhost.session import SESSION_KEY
+from pytest_gpuhost.workload_runner import (
+    WorkloadOutcome,
+    run_workload,
+    workload_command,
+    workload_image,
+    workload_volumes,
+)
+
+MATMUL_DTYPES = ("float64", "float32", "tf32", "bfloat16", "float16")
+
+
+class MatmulRuns:
+    """The matmul workload's outcome per GPU, computed on first use."""
+
+    def __init__(self, containers: Containers | None, settings: Settings, failure: Diagnosis | None) -> None:
+        self.containers = containers
+        self.settings = settings
+        self.failure = failure
+        self._outcomes: dict[str, WorkloadOutcome | Diagnosis] = {}
+
+    def args(self) -> list[str]:
+        args = ["--gpu-index", "0", "--size", str(self.settings.matmul_size), "--seed", "1234"]
+        args += ["--dtypes", ",".join(MATMUL_DTYPES)]
+        for fault in self.settings.inject_fault:
+            args += ["--inject-fault", fault]
+        return args
+
+    def get(self, gpu: GpuInfo) -> WorkloadOutcome | Diagnosis:
+        if gpu.uuid not in self._outcomes:
+            self._outcomes[gpu.uuid] = self._run(gpu)
+        return self._outcomes[gpu.uuid]
+
+    def _run(self, gpu: GpuInfo) -> WorkloadOutcome | Diagnosis:
+        if self.containers is None:
+            assert self.failure is not None
+            return self.failure
+        env = {FAULT_SWITCH: "1"} if self.settings.inject_fault else None
+        try:
+            return run_workload(
+                self.containers,
+                self.settings,
+                "matmul.py",
+                self.args(),
+                gpus=GpuRequest((gpu,)),
+                check="test_matmul_matches_cpu_reference",
+                timeout=600.0,
+                environment=env,
+            )
+        except ContainerFailure as exc:
+            return exc.diagnosis
+
+
+@pytest.fixture(scope="session")
+def gpuhost_matmul(
+    gpuhost_gpu_container: GpuContainerProbe, gpuhost_containers: Containers, gpuhost_settings: Settings
+) -> MatmulRuns:
+    gpuhost_gpu_container.require()
+    return MatmulRuns(gpuhost_containers, gpuhost_settings, None)
+
+
+def report_dir(config: pytest.Config) -> Path:
+    """Files of a run (burn series, plots) go next to the JUnit report, else to the current folder."""
+    xmlpath = config.getoption("xmlpath", default=None)
+    return Path(xmlpath).resolve().parent if xmlpath else Path.cwd()
+
+
+def _container_launcher(
+    containers: Containers, settings: Settings, gpus: tuple[GpuInfo, ...]
+) -> Callable[[list[str]], AbstractContextManager[tuple[Iterator[str], Callable[[], None]]]]:
+    @contextmanager
+    def launch(argv: list[str]) -> Iterator[tuple[Iterator[str], Callable[[], None]]]:
+        with containers.started(
+            workload_image(settings),
+            argv,
+            check="burn",
+            gpus=GpuRequest(gpus),
+            volumes=workload_volumes(),
+            # SIGTERM reaches the workload as PID 1 only with an init in front of it.
+            init=True,
+            stop_signal="SIGTERM",
+        ) as running:
+
+            def lines() -> Iterator[str]:
+                pending = b""
+                for chunk in running.container.logs(stream=True, follow=True):
+                    pending += chunk
+                    *complete, pending = pending.split(b"\n")
+                    for line in complete:
+                        yield line.decode(errors="replace")
+                if pending:
+                    yield pending.decode(errors="replace")
+
+            yield lines(), running.kill
+
+    return launch
+
+
+@pytest.fixture(scope="session")
+def gpuhost_burn(
+    request: pytest.FixtureRequest, gpuhost_settings: Settings, gpuhost_facts: HostFacts
+) -> BurnOutcome:
+    """One burn of every selected GPU at once, in a container or on the host (``--gpuhost-burn-on``)."""
+    settings = gpuhost_settings
+    gpus = request.config.stash[SESSION_KEY].selected_gpus()
+    seconds = settings.burn_seconds or 60.0
+    if settings.burn_on == "host":
+        argv = burn_workload.command(seconds, [g.index for g in gpus], python=sys.executable)
+        launcher: Launcher = host_process
+        in_container = False
+    else:
+        # Only the container path needs Docker: a host burn runs before Docker is installed (step 1.2).
+        probe: GpuContainerProbe = request.getfixturevalue("gpuhost_gpu_container")
+        probe.require()
+        containers: Containers = request.getfixturevalue("gpuhost_containers")
+        argv = workload_command(settings, "burn.py", "--seconds", f"{seconds:g}", "--gpus", "all")
+        launcher = _container_launcher(containers, settings, gpus)
+        in_container = True
+    return run_burn(
+        gpus,
+        seconds,
+        settings.temp_limit,
+        launcher,
+        argv,
+        report_dir(request.config),
+        in_container=in_container,
+        ramp_s=min(15.0, seconds / 4),
+        host_label=gpuhost_facts.host,
+    )
