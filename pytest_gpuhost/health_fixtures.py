@@ -93,13 +93,21 @@ def gpuhost_fabric(gpuhost_host: Host, gpuhost_settings: Settings) -> FabricFact
 
 
 @pytest.fixture(scope="session")
-def gpuhost_gpu_load() -> GpuLoad | None:
-    """A short GPU load for the PCIe link and clock checks; None until the suite provides one.
+def gpuhost_gpu_load(request: pytest.FixtureRequest, gpuhost_settings: Settings) -> GpuLoad | None:
+    """A short GPU load for the PCIe link and clock checks: the burn workload in a container.
 
-    Without a load those checks read the GPU at idle: a lower PCIe generation is then only a
-    note (idle links slow down), a narrower link still fails.
+    Only from the container tier up, and only when GPU containers work. Without a load those
+    checks read the GPU at idle: a lower PCIe generation is then only a note (idle links slow
+    down), a narrower link still fails.
     """
-    return None
+    if gpuhost_settings.tier_rank() < TIERS.index("container"):
+        return None
+    from pytest_gpuhost.workload_fixtures import container_load
+
+    probe = request.getfixturevalue("gpuhost_gpu_container")
+    if probe.diagnosis is not None:
+        return None
+    return container_load(request.getfixturevalue("gpuhost_containers"), gpuhost_settings)
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ GPU read one run's results instead of each starting a container.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -81,6 +82,39 @@ def gpuhost_matmul(
     return MatmulRuns(gpuhost_containers, gpuhost_settings, None)
 
 
+LOAD_START_TIMEOUT_S = 120.0
+
+
+def container_load(
+    containers: Containers, settings: Settings
+) -> Callable[[GpuInfo], AbstractContextManager[object]]:
+    """A GPU kept busy by the burn workload (small matrices, unverified) while the block runs."""
+
+    @contextmanager
+    def load(gpu: GpuInfo) -> Iterator[object]:
+        argv = workload_command(settings, "burn.py", "--seconds", "120", "--gpus", "0", "--max-mem-gib", "2")
+        argv.append("--no-verify")
+        with containers.started(
+            workload_image(settings),
+            argv,
+            check="gpu-load",
+            gpus=GpuRequest((gpu,)),
+            volumes=workload_volumes(),
+        ) as running:
+            log = burn_workload.WorkloadLog()
+            deadline = time.monotonic() + LOAD_START_TIMEOUT_S
+            for chunk in running.container.logs(stream=True, follow=True):
+                for line in chunk.decode(errors="replace").splitlines():
+                    log.feed(line)
+                if log.starts or log.progress or time.monotonic() > deadline:
+                    break
+            time.sleep(1.0)  # clocks and the PCIe link settle within a second of the load
+            yield log
+            running.kill()
+
+    return load
+
+
 def report_dir(config: pytest.Config) -> Path:
     """Files of a run (burn series, plots) go next to the JUnit report, else to the current folder."""
     xmlpath = config.getoption("xmlpath", default=None)
@@ -98,9 +132,6 @@ def _container_launcher(
             check="burn",
             gpus=GpuRequest(gpus),
             volumes=workload_volumes(),
-            # SIGTERM reaches the workload as PID 1 only with an init in front of it.
-            init=True,
-            stop_signal="SIGTERM",
         ) as running:
 
             def lines() -> Iterator[str]:
@@ -113,6 +144,7 @@ def _container_launcher(
                 if pending:
                     yield pending.decode(errors="replace")
 
+            # SIGKILL: the guard must stop the load at once, and `finally` removes the container.
             yield lines(), running.kill
 
     return launch

@@ -26,6 +26,8 @@ def test_burn(gpuhost_burn: BurnOutcome, gpu: GpuInfo, criterion: str) -> None:
         f"burn.power_mean_w={stats.mean_power_w} burn.power_limit_w={stats.power_limit_w} "
         f"burn.time_to_95_s={stats.time_to_95_s} burn.stop_to_idle_s={burn.stop_to_idle_s.get(gpu.uuid)}"
     )
+    if burn.guard_reason is not None:
+        print(f"gpuhost.metric burn.guard_to_idle_s={burn.guard_to_idle_s.get(gpu.uuid)}")
     if verdict.workload is not None:
         w = verdict.workload
         print(f"gpuhost.metric burn.tflops={w.tflops} burn.iters={w.iters} burn.errors={w.errors}")
@@ -38,6 +40,8 @@ def test_burn(gpuhost_burn: BurnOutcome, gpu: GpuInfo, criterion: str) -> None:
         pytest.skip(f"{criterion}: not judged, the GPU gave no samples (see the telemetry check)")
     if finding.status == "skip":
         pytest.skip(finding.summary)
+    if criterion == "verification" and burn.guard_reason is not None and verdict.workload is None:
+        pytest.skip(f"not judged: the guard stopped the burn before a result ({burn.guard_reason})")
     if finding.status == "fail":
         diagnosis = finding.diagnosis
         if diagnosis is None:

@@ -24,6 +24,7 @@ from pytest_gpuhost.burn.guard import TemperatureGuard
 from pytest_gpuhost.burn.model import Sample
 from pytest_gpuhost.burn.plot import plot_series
 from pytest_gpuhost.burn.sampler import Sampler, SamplerError
+from pytest_gpuhost.containers import ContainerFailure
 from pytest_gpuhost.diagnosis import Diagnosis
 from pytest_gpuhost.facts.model import GpuInfo
 
@@ -34,12 +35,17 @@ IDLE_BASELINE_S = 1.0
 COOLDOWN_RECORD_S = 3.0
 
 
+class _NotStarted(Exception):
+    """The guard tripped before the load began."""
+
+
 @dataclass
 class BurnOutcome:
     verdicts: dict[str, Verdict] = field(default_factory=dict)  # by GPU UUID
     diagnosis: Diagnosis | None = None
     guard_reason: str | None = None
     stop_to_idle_s: dict[str, float | None] = field(default_factory=dict)
+    guard_to_idle_s: dict[str, float | None] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
     log: workload.WorkloadLog = field(default_factory=workload.WorkloadLog)
 
@@ -102,8 +108,11 @@ def run_burn(
     outcome = BurnOutcome()
     guard = TemperatureGuard(limit_c=temp_limit_c)
     stoppers: list[Callable[[], None]] = []
+    stop_requested = threading.Event()
 
     def stop() -> None:
+        # The sampler calls this once: remember it, so a workload still starting is stopped too.
+        stop_requested.set()
         for stop_workload in stoppers:
             stop_workload()
 
@@ -119,18 +128,28 @@ def run_burn(
     launched = ended = time.monotonic()
     try:
         time.sleep(IDLE_BASELINE_S)
-        launched = time.monotonic()
-        with launcher(argv) as (lines, stop_workload):
-            stoppers.append(stop_workload)
-            deadline = threading.Timer(seconds + SETUP_MARGIN_S, stop_workload)
-            deadline.daemon = True
-            deadline.start()
-            try:
-                for line in lines:
-                    outcome.log.feed(line)
-            finally:
-                deadline.cancel()
-        ended = time.monotonic()
+        launched = ended = time.monotonic()
+        try:
+            if stop_requested.is_set():  # already at the limit, or blind: never start the load
+                raise _NotStarted
+            with launcher(argv) as (lines, stop_workload):
+                stoppers.append(stop_workload)
+                if stop_requested.is_set():  # the guard tripped while the workload was starting
+                    stop_workload()
+                deadline = threading.Timer(seconds + SETUP_MARGIN_S, stop_workload)
+                deadline.daemon = True
+                deadline.start()
+                try:
+                    for line in lines:
+                        outcome.log.feed(line)
+                finally:
+                    deadline.cancel()
+            ended = time.monotonic()
+        except ContainerFailure as exc:
+            outcome.diagnosis = exc.diagnosis
+            return outcome
+        except _NotStarted:
+            launched, ended = sampler.t0, time.monotonic()  # judge the idle baseline that tripped
         time.sleep(COOLDOWN_RECORD_S)
     finally:
         sampler.close()
@@ -153,7 +172,11 @@ def run_burn(
             monitor_error=monitor_error,
         )
         outcome.stop_to_idle_s[gpu.uuid] = _back_to_idle(samples, ended, thresholds.power_limit_w)
-    if not outcome.log.starts and not outcome.log.results:
+        if guard.tripped_at is not None:  # the guard's promise: idle within a second of the trip
+            outcome.guard_to_idle_s[gpu.uuid] = _back_to_idle(
+                samples, guard.tripped_at, thresholds.power_limit_w
+            )
+    if not outcome.log.starts and not outcome.log.results and guard.reason is None:
         tail = (outcome.log.errors + outcome.log.other)[-3:]
         outcome.diagnosis = Diagnosis(
             "the burn workload started no GPU worker: " + (" | ".join(tail) or "no output"),

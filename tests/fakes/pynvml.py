@@ -456,3 +456,18 @@ def nvmlDeviceGetArchitecture(handle: c_nvmlDevice_t) -> int:
 
 def nvmlDeviceGetBrand(handle: c_nvmlDevice_t) -> int:
     return int(_field("nvmlDeviceGetBrand", handle, "brand"))
+
+
+# Field values (nvml.h's nvmlFieldValue_t). The captures hold no field reads, so every field
+# answers as a GPU without that field does: the entry's own return code is NOT_SUPPORTED.
+class c_nvmlFieldValue_t:
+    def __init__(self, field_id: int, ret: int) -> None:
+        self.fieldId = field_id
+        self.nvmlReturn = ret
+        self.valueType = 1
+        self.value = type("c_nvmlValue_t", (), {"uiVal": 0})()
+
+
+def nvmlDeviceGetFieldValues(handle: c_nvmlDevice_t, field_ids: list[int]) -> list[c_nvmlFieldValue_t]:
+    _gpu("nvmlDeviceGetFieldValues", handle)
+    return [c_nvmlFieldValue_t(field_id, NVML_ERROR_NOT_SUPPORTED) for field_id in field_ids]
