@@ -145,7 +145,9 @@ def test_tolerance_tracks_the_output_type_and_size() -> None:
     bf16, fp32 = burn.tolerance_scale(16384, "bfloat16"), burn.tolerance_scale(16384, "float32")
     assert fp32 < bf16 / 5  # a float32 product verifies far more tightly than a bfloat16 one
     assert burn.tolerance_scale(1024, "float32") < fp32  # accumulation error grows with n
-    assert bf16 == pytest.approx(burn.SIGMAS * (2**-8 / math.sqrt(3) + 16384 * 2**-24 / 4))
+    # Accumulation over n terms, plus the float32 partial column sums over blocks of 256 rows.
+    assert bf16 == pytest.approx(burn.SIGMAS * (2**-8 / math.sqrt(3) + (16384 + 256) * 2**-24 / 4))
+    assert (burn.block_rows(16384), burn.block_rows(100)) == (256, 1)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
