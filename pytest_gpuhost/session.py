@@ -52,6 +52,20 @@ def install_sigterm_handler() -> None:
         signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
 
 
+def junit_to_system_out(config: pytest.Config) -> None:
+    """Each check's measured values (its ``gpuhost.metric`` lines) go into the JUnit system-out.
+
+    pytest writes no captured output to JUnit unless ``junit_logging`` says so; under --gpuhost
+    the default becomes ``system-out``. A ``junit_logging`` the user set (ini or ``-o``) wins.
+    """
+    from _pytest.junitxml import xml_key  # the LogXML instance; pytest has no public accessor
+
+    xml = config.stash.get(xml_key, None)
+    user_set = "junit_logging" in getattr(config, "_inicfg", {})
+    if xml is not None and not user_set and xml.logging == "no":
+        xml.logging = "system-out"
+
+
 def select_gpus(gpus: tuple[GpuInfo, ...], selection: str) -> tuple[GpuInfo, ...]:
     """``all``, or a comma list of indices and UUID prefixes (``0,2`` or ``GPU-042f``)."""
     if selection.strip().lower() == "all":
@@ -123,6 +137,7 @@ class GpuhostSession:
             if not config.pluginmanager.is_registered(module):
                 config.pluginmanager.register(module, f"gpuhost-{module.__name__.rsplit('.', 1)[-1]}")
         install_sigterm_handler()
+        junit_to_system_out(config)
         if config.args_source != pytest.Config.ArgsSource.ARGS:
             # Collect the shipped suite unless the user named their own paths.
             config.args = [str(suite_dir())]

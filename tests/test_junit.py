@@ -142,3 +142,19 @@ def test_no_gpu_report_is_valid(gpuhost_pytester: GpuhostPytester, schema: xmlsc
     assert not any(isinstance(r, Error) for case in cases(suite) for r in case.result)
     assert properties(suite)["gpuhost.gpu_count"] == "0"
     assert properties(suite)["gpuhost.driver"] == "none"
+
+
+def test_measured_values_are_in_each_cases_system_out(
+    gpuhost_pytester: GpuhostPytester, schema: xmlschema.XMLSchema
+) -> None:
+    gpuhost_pytester.setup("h100")
+    path, suite = run_with_junit(gpuhost_pytester)
+    schema.validate(str(path))
+    persistence = next(c for c in cases(suite) if check_name(c) == "test_persistence_mode")
+    assert "gpuhost.metric persistence_mode=True" in (persistence.system_out or "")
+
+
+def test_a_junit_logging_the_user_chose_wins(gpuhost_pytester: GpuhostPytester) -> None:
+    gpuhost_pytester.setup("h100")
+    _, suite = run_with_junit(gpuhost_pytester, "-o", "junit_logging=no")
+    assert not any(c.system_out for c in cases(suite))
