@@ -144,6 +144,11 @@ OPTIONS: tuple[OptionSpec, ...] = (
         multiple=True,
     ),
     OptionSpec(
+        "--gpuhost-dockerfile",
+        "build the workload image from this Dockerfile and check it sees the GPUs (guide step 3.3)",
+        metavar="FILE",
+    ),
+    OptionSpec(
         "--gpuhost-burn",
         "run the burn tier for DURATION (60s, 5m, 2h) on all selected GPUs at once",
         metavar="DURATION",
@@ -261,6 +266,7 @@ class Settings:
     baseline: str | None
     matmul_size: int
     inject_fault: tuple[str, ...]
+    dockerfile: str | None
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:

@@ -1,0 +1,86 @@
+"""Guide step 3.3: a custom image (a CUDA base plus Python and a framework) computes on the GPUs."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_gpuhost.container_fixtures import GpuContainerProbe
+from pytest_gpuhost.containers import ALL_GPUS, ContainerFailure, Containers
+from pytest_gpuhost.diagnosis import fail
+from pytest_gpuhost.docker_fixtures import DockerConnection
+from pytest_gpuhost.facts.model import HostFacts
+from pytest_gpuhost.images import ImageUnavailable, build_image
+from pytest_gpuhost.options import Settings
+from pytest_gpuhost.workload_runner import (
+    last_json_object,
+    workload_command,
+    workload_image,
+    workload_volumes,
+)
+
+pytestmark = [pytest.mark.container, pytest.mark.gpuhost_needs("gpu_listing")]
+
+BUILD_TIMEOUT_S = 1800.0  # pip installs of a framework take minutes on a slow mirror
+
+
+def test_custom_image_sees_the_gpus(
+    gpuhost_gpu_container: GpuContainerProbe,
+    gpuhost_containers: Containers,
+    gpuhost_docker_connection: DockerConnection,
+    gpuhost_settings: Settings,
+    gpuhost_facts: HostFacts,
+) -> None:
+    """The workload image (built from --gpuhost-dockerfile when given) has PyTorch or CuPy, and
+    its framework sees every GPU of the host: torch.cuda.is_available() inside the container."""
+    gpuhost_gpu_container.require()
+    settings = gpuhost_settings
+    image = workload_image(settings)
+    if settings.dockerfile:
+        try:
+            image = build_image(
+                gpuhost_docker_connection.require(), settings.dockerfile, timeout=BUILD_TIMEOUT_S
+            )
+        except ImageUnavailable as exc:
+            fail(exc.diagnosis.found, exc.diagnosis.cause, exc.diagnosis.fix)
+    try:
+        result = gpuhost_containers.run(
+            image,
+            workload_command(settings, "probe_framework.py"),
+            check="test_custom_image_sees_the_gpus",
+            timeout=300.0,
+            gpus=ALL_GPUS,
+            volumes=workload_volumes(),
+        )
+    except ContainerFailure as exc:
+        fail(exc.diagnosis.found, exc.diagnosis.cause, exc.diagnosis.fix)
+    probe = last_json_object(result.stdout)
+    if probe is None:
+        tail = (result.stdout + result.stderr).strip().splitlines()[-1:] or ["no output"]
+        fail(
+            f"the framework probe printed nothing in {image} (exit {result.exit_code}): {tail[0]}",
+            f"the image has no {settings.python}",
+            "build the image with Python (examples/Dockerfile), or point --gpuhost-python at its interpreter",
+        )
+    print(
+        f"gpuhost.metric image={image} torch={probe.get('torch')} cupy={probe.get('cupy')} "
+        f"cuda_available={probe.get('cuda_available')} device_count={probe.get('device_count')}"
+    )
+    if not probe.get("torch") and not probe.get("cupy"):
+        fail(
+            f"image {image} has neither PyTorch nor CuPy",
+            "the image is a CUDA base without a framework",
+            "install one in the image (examples/Dockerfile adds PyTorch), or choose --gpuhost-workload-image",
+        )
+    if not probe.get("cuda_available"):
+        fail(
+            f"the framework in {image} cannot use CUDA: {probe.get('error')}",
+            "a CPU-only build of the framework, or an image CUDA newer than the driver supports",
+            "install the CUDA build (e.g. the PyTorch wheel for the image's CUDA), or upgrade the driver",
+        )
+    expected = len(gpuhost_facts.gpus)
+    if probe.get("device_count") != expected:
+        fail(
+            f"the framework in {image} sees {probe.get('device_count')} GPU(s); the host has {expected}",
+            "CUDA_VISIBLE_DEVICES or NVIDIA_VISIBLE_DEVICES set in the image limits the GPUs",
+            "remove those variables from the image, or set them per container",
+        )
