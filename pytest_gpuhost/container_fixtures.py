@@ -24,7 +24,7 @@ from pytest_gpuhost.diagnosis import Diagnosis
 from pytest_gpuhost.docker_fixtures import DockerConnection
 from pytest_gpuhost.facts.model import HostFacts
 from pytest_gpuhost.host import Host
-from pytest_gpuhost.options import Settings
+from pytest_gpuhost.settings import Settings
 
 if TYPE_CHECKING:
     import docker

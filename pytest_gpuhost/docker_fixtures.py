@@ -20,7 +20,7 @@ from pytest_gpuhost.facts.docker_engine import EngineFacts, gather_engine
 from pytest_gpuhost.facts.model import Precondition
 from pytest_gpuhost.facts.toolkit import ToolkitFacts, gather_toolkit
 from pytest_gpuhost.host import Host
-from pytest_gpuhost.options import Settings
+from pytest_gpuhost.settings import Settings
 from pytest_gpuhost.timeouts import NativeCallTimeout
 
 if TYPE_CHECKING:

@@ -8,8 +8,8 @@ import pytest
 
 from pytest_gpuhost.facts.model import HostFacts
 from pytest_gpuhost.host import Host
-from pytest_gpuhost.options import Settings
 from pytest_gpuhost.session import SESSION_KEY, GpuhostSession
+from pytest_gpuhost.settings import Settings
 
 
 @pytest.fixture(scope="session")

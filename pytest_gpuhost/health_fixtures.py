@@ -33,7 +33,8 @@ from pytest_gpuhost.facts.health import (
 )
 from pytest_gpuhost.facts.model import GpuInfo, HostFacts
 from pytest_gpuhost.host import Host
-from pytest_gpuhost.options import TIERS, Settings
+from pytest_gpuhost.options import TIERS
+from pytest_gpuhost.settings import Settings
 from pytest_gpuhost.timeouts import NativeCallTimeout, call_with_timeout
 
 if TYPE_CHECKING:

@@ -5,9 +5,6 @@ Kept free of third-party imports: it is loaded in every pytest session of the en
 
 from __future__ import annotations
 
-import os
-import re
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -20,15 +17,32 @@ FAULT_SWITCH = "GPUHOST_ALLOW_FAULT_INJECTION"
 DEFAULT_IMAGE = "nvidia/cuda:13.0.1-base-ubuntu24.04"
 
 
-@dataclass(frozen=True)
 class OptionSpec:
-    flag: str
-    help: str
-    default: Any = None
-    type: type | None = str
-    choices: tuple[str, ...] | None = None
-    metavar: str | None = None
-    multiple: bool = False
+    """One ``--gpuhost-*`` option and its ini twin. A plain class: this module loads in every
+    pytest session, and building a dataclass at import costs more than a millisecond."""
+
+    __slots__ = ("choices", "default", "flag", "help", "metavar", "multiple", "type")
+
+    def __init__(
+        self,
+        flag: str,
+        help: str,
+        default: Any = None,
+        type: type | None = str,
+        choices: tuple[str, ...] | None = None,
+        metavar: str | None = None,
+        multiple: bool = False,
+    ) -> None:
+        self.flag = flag
+        self.help = help
+        self.default = default
+        self.type = type
+        self.choices = choices
+        self.metavar = metavar
+        self.multiple = multiple
+
+    def __repr__(self) -> str:
+        return f"OptionSpec({self.flag!r})"
 
     @property
     def ini(self) -> str:
@@ -226,69 +240,3 @@ def raw_value(config: pytest.Config, spec: OptionSpec) -> Any:
     if spec.choices and value not in spec.choices:
         raise UsageError(f"ini option {spec.ini} = {value!r}: choose from {', '.join(spec.choices)}")
     return value
-
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h)?\s*$")
-
-
-def parse_duration(text: str) -> float:
-    """``90``, ``90s``, ``5m``, ``2h`` to seconds."""
-    match = _DURATION.match(text)
-    if not match:
-        raise UsageError(f"--gpuhost-burn {text!r}: give a duration such as 60s, 5m or 2h")
-    scale = {"s": 1, "m": 60, "h": 3600}[match.group(2) or "s"]
-    return float(match.group(1)) * scale
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The resolved options of one run."""
-
-    expect_gpus: int | None
-    tier: str
-    gpus: str
-    timeout: float
-    image: str
-    gpu_access: str
-    pull: str
-    compose: str | None
-    workload_image: str | None
-    volume: tuple[str, ...]
-    env: tuple[str, ...]
-    python: str
-    burn_seconds: float | None
-    burn_on: str
-    temp_limit: float
-    mig: str | None
-    profile: tuple[str, ...]
-    json: str | None
-    save_baseline: str | None
-    baseline: str | None
-    matmul_size: int
-    inject_fault: tuple[str, ...]
-    dockerfile: str | None
-
-    @classmethod
-    def from_config(cls, config: pytest.Config) -> Settings:
-        values = {spec.dest.removeprefix("gpuhost_"): raw_value(config, spec) for spec in OPTIONS}
-        burn = values.pop("burn")
-        burn_seconds = parse_duration(burn) if burn else None
-        tier = values.pop("tier")
-        if burn_seconds is not None:
-            tier = "burn"
-        elif tier == "burn":
-            burn_seconds = 60.0
-        expect = values["expect_gpus"]
-        if expect is not None and expect < 0:
-            raise UsageError("--gpuhost-expect-gpus must be 0 or more")
-        if values["timeout"] <= 0:
-            raise UsageError("--gpuhost-timeout must be positive")
-        if not 16 <= values["matmul_size"] <= 8192:
-            raise UsageError("--gpuhost-matmul-size must be between 16 and 8192")
-        if values["inject_fault"] and os.environ.get(FAULT_SWITCH) != "1":
-            # A test-only switch: a normal run can never corrupt results by accident.
-            raise UsageError(f"--gpuhost-inject-fault is for testing the suite; it needs {FAULT_SWITCH}=1")
-        return cls(tier=tier, burn_seconds=burn_seconds, **values)
-
-    def tier_rank(self) -> int:
-        return TIERS.index(self.tier)

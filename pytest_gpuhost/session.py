@@ -14,7 +14,8 @@ import pytest
 from pytest_gpuhost.facts.gather import gather_host_facts
 from pytest_gpuhost.facts.model import GpuInfo, HostFacts
 from pytest_gpuhost.host import Host, LocalHost
-from pytest_gpuhost.options import TIERS, Settings, UsageError
+from pytest_gpuhost.options import TIERS, UsageError
+from pytest_gpuhost.settings import Settings
 
 SESSION_KEY = pytest.StashKey["GpuhostSession"]()
 NEEDS_MARKER = "gpuhost_needs"

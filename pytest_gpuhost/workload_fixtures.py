@@ -20,8 +20,9 @@ from pytest_gpuhost.container_fixtures import GpuContainerProbe
 from pytest_gpuhost.containers import ContainerFailure, Containers, GpuRequest
 from pytest_gpuhost.diagnosis import Diagnosis
 from pytest_gpuhost.facts.model import GpuInfo, HostFacts
-from pytest_gpuhost.options import FAULT_SWITCH, Settings
+from pytest_gpuhost.options import FAULT_SWITCH
 from pytest_gpuhost.session import SESSION_KEY
+from pytest_gpuhost.settings import Settings
 from pytest_gpuhost.workload_runner import (
     WorkloadOutcome,
     run_workload,

@@ -13,7 +13,7 @@ from typing import Any
 
 from pytest_gpuhost.containers import ContainerFailure, ContainerResult, Containers, GpuRequest
 from pytest_gpuhost.diagnosis import Diagnosis
-from pytest_gpuhost.options import Settings
+from pytest_gpuhost.settings import Settings
 
 WORKLOADS_DIR = Path(__file__).resolve().parent / "workloads"
 MOUNT_POINT = "/gpuhost/workloads"

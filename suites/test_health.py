@@ -40,7 +40,7 @@ from pytest_gpuhost.facts.health import (
 )
 from pytest_gpuhost.facts.model import GpuInfo, HostFacts
 from pytest_gpuhost.health_fixtures import LiveSampler, configured_images, inspect_image_env
-from pytest_gpuhost.options import Settings
+from pytest_gpuhost.settings import Settings
 
 if TYPE_CHECKING:
     import docker

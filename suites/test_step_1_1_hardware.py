@@ -6,7 +6,7 @@ import pytest
 
 from pytest_gpuhost.diagnosis import fail
 from pytest_gpuhost.facts.model import HostFacts
-from pytest_gpuhost.options import Settings
+from pytest_gpuhost.settings import Settings
 
 pytestmark = pytest.mark.quick
 

@@ -26,7 +26,7 @@ from pytest_gpuhost.facts.toolkit import (
     runtime_problem,
     version_skew,
 )
-from pytest_gpuhost.options import Settings
+from pytest_gpuhost.settings import Settings
 
 pytestmark = pytest.mark.quick
 

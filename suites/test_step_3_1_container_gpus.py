@@ -15,7 +15,7 @@ from pytest_gpuhost.container_fixtures import (
 from pytest_gpuhost.containers import NO_GPUS, ContainerFailure, Containers, GpuRequest
 from pytest_gpuhost.diagnosis import Diagnosis, fail
 from pytest_gpuhost.facts.model import GpuInfo, HostFacts
-from pytest_gpuhost.options import Settings
+from pytest_gpuhost.settings import Settings
 
 pytestmark = [pytest.mark.container, pytest.mark.gpuhost_needs("gpu_listing")]
 

@@ -21,7 +21,7 @@ from pytest_gpuhost.diagnosis import Diagnosis, fail
 from pytest_gpuhost.docker_fixtures import DockerConnection
 from pytest_gpuhost.facts.model import HostFacts
 from pytest_gpuhost.host import Host
-from pytest_gpuhost.options import Settings
+from pytest_gpuhost.settings import Settings
 
 CHECK_VALID = "test_compose_gpu_reservations_valid"
 RESERVATION_FIX = (

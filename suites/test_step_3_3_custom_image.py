@@ -10,7 +10,7 @@ from pytest_gpuhost.diagnosis import fail
 from pytest_gpuhost.docker_fixtures import DockerConnection
 from pytest_gpuhost.facts.model import HostFacts
 from pytest_gpuhost.images import ImageUnavailable, build_image
-from pytest_gpuhost.options import Settings
+from pytest_gpuhost.settings import Settings
 from pytest_gpuhost.workload_runner import (
     last_json_object,
     workload_command,

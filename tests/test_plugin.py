@@ -13,8 +13,9 @@ import pytest
 
 import pytest_gpuhost
 from conftest import GpuhostPytester
-from pytest_gpuhost.options import FAULT_SWITCH, OPTIONS, TIERS, OptionSpec, Settings
+from pytest_gpuhost.options import FAULT_SWITCH, OPTIONS, TIERS, OptionSpec
 from pytest_gpuhost.session import suite_dir
+from pytest_gpuhost.settings import Settings
 
 H200_GPU0 = "gpu0-c5fa4f09"
 H200_GPU1 = "gpu1-1b94c864"

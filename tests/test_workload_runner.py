@@ -8,7 +8,7 @@ from docker_support import busybox_image, docker_client_or_skip
 
 from pytest_gpuhost.containers import NO_GPUS, ContainerFailure, ContainerResult, Containers
 from pytest_gpuhost.host import LocalHost
-from pytest_gpuhost.options import Settings
+from pytest_gpuhost.settings import Settings
 from pytest_gpuhost.workload_runner import diagnose_workload, last_json_object, run_workload
 
 
