@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from pytest_gpuhost.diagnosis import Diagnosis
+
 DTYPES = ("float64", "float32", "tf32", "bfloat16", "float16")
 
 # Unit roundoff u = 2**-p of each format with p significand bits (implicit bit included),
@@ -285,16 +287,8 @@ def parse_report(stdout: str) -> WorkloadReport:
 # -- verdicts -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Finding:
-    """A failure as the suite reports it: what was found, the likely cause, the fix."""
-
-    found: str
-    cause: str
-    fix: str
-
-    def __str__(self) -> str:
-        return f"FOUND: {self.found}\nCAUSE: {self.cause}\nFIX:   {self.fix}"
+# A failure as the suite reports it: what was found, the likely cause, the fix.
+Finding = Diagnosis
 
 
 class Verdict(NamedTuple):
