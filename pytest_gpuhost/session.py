@@ -125,6 +125,9 @@ class GpuhostSession:
                 ),
                 PLUGIN_NAME,
             )
+        from pytest_gpuhost import report_html
+
+        report_html.register(config)  # pytest-html extras: burn plots and diagnoses (only with --html)
         modules = (
             fixtures,
             container_fixtures,

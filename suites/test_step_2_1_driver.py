@@ -22,6 +22,7 @@ INSTALL_FIX = (
 
 @pytest.mark.gpuhost_needs("gpu_present")
 def test_nvidia_kernel_module_loaded(gpuhost_facts: HostFacts) -> None:
+    """The nvidia kernel module is in /proc/modules: nothing of the driver works without it."""
     if "nvidia" not in gpuhost_facts.kernel.modules:
         fail(
             "the nvidia kernel module is not loaded (not in /proc/modules)",
@@ -32,6 +33,7 @@ def test_nvidia_kernel_module_loaded(gpuhost_facts: HostFacts) -> None:
 
 @pytest.mark.gpuhost_needs("gpu_present")
 def test_nouveau_not_loaded(gpuhost_facts: HostFacts) -> None:
+    """The open-source nouveau module is not loaded: it would claim the GPUs before the NVIDIA driver."""
     if "nouveau" in gpuhost_facts.kernel.modules:
         fail(
             "the open-source nouveau module is loaded",
@@ -43,6 +45,7 @@ def test_nouveau_not_loaded(gpuhost_facts: HostFacts) -> None:
 
 @pytest.mark.gpuhost_needs("gpu_present")
 def test_driver_version_file_readable(gpuhost_facts: HostFacts) -> None:
+    """/proc/driver/nvidia/version names the loaded module's version, which the other checks compare with."""
     kernel = gpuhost_facts.kernel
     if kernel.version_error:
         fail(kernel.version_error, "the nvidia kernel module is not loaded", INSTALL_FIX)
@@ -56,6 +59,7 @@ def test_driver_version_file_readable(gpuhost_facts: HostFacts) -> None:
 
 @pytest.mark.gpuhost_needs("driver")
 def test_device_nodes(gpuhost_facts: HostFacts) -> None:
+    """/dev/nvidiactl and /dev/nvidia-uvm exist: CUDA, and every container given a GPU, open them."""
     missing = [n for n in ("nvidiactl", "nvidia-uvm") if n not in gpuhost_facts.kernel.device_nodes]
     if missing:
         fail(
@@ -68,6 +72,7 @@ def test_device_nodes(gpuhost_facts: HostFacts) -> None:
 
 @pytest.mark.gpuhost_needs("driver", "gpu_listing")
 def test_gpu_device_node(gpuhost_facts: HostFacts, gpu: GpuInfo) -> None:
+    """The GPU's own /dev/nvidiaN exists: without it no process or container can use that GPU."""
     minor = gpu.minor_number if gpu.minor_number is not None else gpu.index
     if f"nvidia{minor}" not in gpuhost_facts.kernel.device_nodes:
         fail(
@@ -140,6 +145,7 @@ SMI_DIAGNOSES = {
 
 @pytest.mark.gpuhost_needs("driver")
 def test_nvidia_smi_runs(gpuhost_facts: HostFacts) -> None:
+    """`nvidia-smi -q -x` runs and lists GPUs: the second source of GPU facts, used where NVML is not."""
     smi = gpuhost_facts.smi
     if not smi.ok:
         _listing_failure(smi, SMI_DIAGNOSES)
