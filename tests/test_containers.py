@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,9 +49,12 @@ def image(client: docker.DockerClient) -> str:
 
 
 def ours(client: docker.DockerClient, check: str | None = None) -> list[str]:
-    """Names of this suite's containers that still exist, optionally of one check."""
-    found = client.containers.list(all=True, filters={"label": LABEL_OWNER})
-    return [str(c.name) for c in found if check is None or (c.labels or {}).get(LABEL_CHECK) == check]
+    """Names of this suite's containers that still exist, optionally of one check.
+
+    The low-level list carries the labels: no per-container inspect that could race a removal.
+    """
+    label = f"{LABEL_CHECK}={check}" if check is not None else LABEL_OWNER
+    return [str(c["Names"][0]).lstrip("/") for c in client.api.containers(all=True, filters={"label": label})]
 
 
 def make(client: docker.DockerClient, mode: str = "gpus") -> Containers:
@@ -187,7 +191,7 @@ import time
 from pytest_gpuhost.containers import NO_GPUS
 
 def test_long(gpuhost_containers):
-    with gpuhost_containers.started({image!r}, ["sleep", "300"], check="interrupt-me", gpus=NO_GPUS):
+    with gpuhost_containers.started({image!r}, ["sleep", "300"], check={check!r}, gpus=NO_GPUS):
         time.sleep(300)
 
 def test_after():
@@ -196,8 +200,14 @@ def test_after():
 
 
 @pytest.fixture
-def long_running(pytester: pytest.Pytester, image: str) -> Iterator[Path]:
-    yield pytester.makepyfile(test_interrupt=LONG_RUNNING_TEST.format(image=image))
+def check_label() -> str:
+    """A check name of this test alone: tests running side by side (xdist) never see each other's."""
+    return f"interrupt-me-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def long_running(pytester: pytest.Pytester, image: str, check_label: str) -> Iterator[Path]:
+    yield pytester.makepyfile(test_interrupt=LONG_RUNNING_TEST.format(image=image, check=check_label))
 
 
 def _wait_for(client: docker.DockerClient, check: str, seconds: float = 60) -> None:
@@ -211,7 +221,7 @@ def _wait_for(client: docker.DockerClient, check: str, seconds: float = 60) -> N
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
 def test_signal_mid_test_leaves_no_container_and_writes_junit(
-    pytester: pytest.Pytester, client: docker.DockerClient, long_running: Path, signum: int
+    pytester: pytest.Pytester, client: docker.DockerClient, long_running: Path, signum: int, check_label: str
 ) -> None:
     report = pytester.path / "report.xml"
     proc = subprocess.Popen(
@@ -231,30 +241,30 @@ def test_signal_mid_test_leaves_no_container_and_writes_junit(
         text=True,
     )
     try:
-        _wait_for(client, "interrupt-me")
+        _wait_for(client, check_label)
         proc.send_signal(signum)
         out, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert ours(client, "interrupt-me") == [], out
+    assert ours(client, check_label) == [], out
     assert proc.returncode == 2, out  # pytest's "interrupted"
     assert "KeyboardInterrupt" in out
     assert report.exists(), out
 
 
 def test_pytest_timeout_leaves_no_container(
-    pytester: pytest.Pytester, client: docker.DockerClient, long_running: Path
+    pytester: pytest.Pytester, client: docker.DockerClient, long_running: Path, check_label: str
 ) -> None:
     result = pytester.runpytest_subprocess(
         "--gpuhost", "-p", "no:cacheprovider", "--timeout=3", str(long_running)
     )
     result.stdout.fnmatch_lines(["*Timeout*"])
-    assert ours(client, "interrupt-me") == []
+    assert ours(client, check_label) == []
 
 
 def test_sigkill_leftover_is_swept_by_the_next_session(
-    pytester: pytest.Pytester, client: docker.DockerClient, long_running: Path
+    pytester: pytest.Pytester, client: docker.DockerClient, long_running: Path, check_label: str
 ) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "pytest", "--gpuhost", "-p", "no:cacheprovider", str(long_running)],
@@ -263,12 +273,12 @@ def test_sigkill_leftover_is_swept_by_the_next_session(
         stderr=subprocess.DEVNULL,
     )
     try:
-        _wait_for(client, "interrupt-me")
+        _wait_for(client, check_label)
     finally:
         proc.kill()
         proc.wait()
-    assert ours(client, "interrupt-me") != []  # nothing can clean up after SIGKILL itself
+    assert ours(client, check_label) != []  # nothing can clean up after SIGKILL itself
     pytester.makepyfile(test_next="def test_uses_containers(gpuhost_containers):\n    pass\n")
     result = pytester.runpytest_subprocess("--gpuhost", "-p", "no:cacheprovider", "test_next.py")
     result.assert_outcomes(passed=1)
-    assert ours(client, "interrupt-me") == []
+    assert ours(client, check_label) == []
