@@ -62,7 +62,10 @@ FURTHER_READING = {
     "test_step_2_3_toolkit": ("../docker-and-toolkit.md", "Docker and the NVIDIA Container Toolkit"),
     "test_step_3_1_container_gpus": ("../guide.md#31-containers", "the walkthrough, step 3.1"),
     "test_step_3_2_compose": ("../docker-and-toolkit.md", "Docker and the NVIDIA Container Toolkit"),
-    "test_step_3_3_custom_image": ("../docker-and-toolkit.md#step-33-a-custom-image", "step 3.3: a custom image"),
+    "test_step_3_3_custom_image": (
+        "../docker-and-toolkit.md#step-33-a-custom-image",
+        "step 3.3: a custom image",
+    ),
     "test_step_4_1_compute": ("../compute-verification.md", "compute verification"),
     "test_zz_baseline": ("../baselines.md", "baselines"),
     "test_health": ("../health.md", "GPU health checks"),
