@@ -1,0 +1,101 @@
+"""Fixtures of guide steps 3.4 and 3.5: container defaults, the user's path to the daemon, and
+the other runtimes (enroot, Podman) found on the host.
+
+Each is gathered once per session, like the toolkit's facts; the checks turn them into metrics,
+warnings and diagnoses.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+from dataclasses import dataclass
+
+import pytest
+
+from pytest_gpuhost.container_fixtures import container_timeout
+from pytest_gpuhost.containers import NO_GPUS, ContainerFailure, Containers
+from pytest_gpuhost.diagnosis import Diagnosis, fail
+from pytest_gpuhost.facts.docker_engine import EngineFacts
+from pytest_gpuhost.facts.runtimes import (
+    DEFAULTS_SCRIPT,
+    AccessPath,
+    ContainerDefaults,
+    RuntimeTool,
+    access_path,
+    parse_container_defaults,
+    probe_runtime,
+)
+from pytest_gpuhost.host import Host
+from pytest_gpuhost.settings import Settings
+
+CHECK_DEFAULTS = "test_container_shm_size"
+
+
+@dataclass(frozen=True)
+class DefaultsProbe:
+    """One container with no GPU and no options: what every container gets unless it asks."""
+
+    defaults: ContainerDefaults | None
+    diagnosis: Diagnosis | None
+
+    def require(self, owner: bool = False) -> ContainerDefaults:
+        """The measured defaults; the owning check fails with the diagnosis, the others skip."""
+        if self.defaults is not None:
+            return self.defaults
+        found = self.diagnosis or Diagnosis("the probe gave no result", "unknown", "rerun with -s")
+        if owner:
+            fail(found.found, found.cause, found.fix)
+        pytest.skip(f"needs the container defaults: {CHECK_DEFAULTS} failed: {found.found}")
+
+
+@pytest.fixture(scope="session")
+def gpuhost_container_defaults(gpuhost_containers: Containers, gpuhost_settings: Settings) -> DefaultsProbe:
+    """/dev/shm and the memlock ulimit in a container of the configured image, measured once."""
+    image = gpuhost_settings.image
+    try:
+        result = gpuhost_containers.run(
+            image,
+            ["sh", "-c", DEFAULTS_SCRIPT],
+            check=CHECK_DEFAULTS,
+            timeout=container_timeout(gpuhost_settings),
+            gpus=NO_GPUS,
+        )
+    except ContainerFailure as exc:
+        return DefaultsProbe(None, exc.diagnosis)
+    defaults = parse_container_defaults(result.stdout)
+    if not result.ok or not defaults.memlock_text:
+        tail = (result.stdout + result.stderr).strip().splitlines()[-1:] or ["no output"]
+        return DefaultsProbe(
+            None,
+            Diagnosis(
+                f"the probe of /dev/shm and `ulimit -l` in {image} exited with {result.exit_code}: {tail[0]}",
+                "the image has no /bin/sh, or the container did not start in time",
+                "choose an image with /bin/sh for --gpuhost-image",
+            ),
+        )
+    return DefaultsProbe(defaults, None)
+
+
+@pytest.fixture(scope="session")
+def gpuhost_daemon_access(gpuhost_engine: EngineFacts) -> AccessPath:
+    """How the user running the suite reaches the daemon: root, docker group, rootless, remote, other."""
+    return access_path(os.getuid(), {os.getgid(), *os.getgroups()}, gpuhost_engine)
+
+
+@pytest.fixture(scope="session")
+def gpuhost_local_user() -> str:
+    try:
+        return f"user {getpass.getuser()} (uid {os.getuid()})"
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
+
+
+@pytest.fixture(scope="session")
+def gpuhost_enroot(gpuhost_host: Host, gpuhost_settings: Settings) -> RuntimeTool:
+    return probe_runtime(gpuhost_host, ["enroot", "version"], gpuhost_settings.timeout)
+
+
+@pytest.fixture(scope="session")
+def gpuhost_podman(gpuhost_host: Host, gpuhost_settings: Settings) -> RuntimeTool:
+    return probe_runtime(gpuhost_host, ["podman", "--version"], gpuhost_settings.timeout)
