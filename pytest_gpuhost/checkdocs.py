@@ -46,6 +46,8 @@ NEEDS_TEXT = {
 }
 # Where a check's diagnoses reach it as data (a fixture's outcome) rather than through a call.
 EXTRA_SOURCES: dict[str, tuple[str, ...]] = {
+    "test_limits_hold_with_gpus": (f"{PACKAGE}.containers",),
+    "test_container_shm_size": (f"{PACKAGE}.runtime_fixtures", f"{PACKAGE}.containers"),
     "test_burn": (f"{PACKAGE}.burn.criteria", f"{PACKAGE}.burn.run"),
     "test_docker_daemon_answers": (f"{PACKAGE}.docker_client",),
     "test_container_sees_all_gpus": (f"{PACKAGE}.container_fixtures", f"{PACKAGE}.containers"),
@@ -55,6 +57,8 @@ EXTRA_SOURCES: dict[str, tuple[str, ...]] = {
 }
 # The longer read for each suite module, relative to docs/checks.
 FURTHER_READING = {
+    "test_step_3_4_limits": ("../limits-and-runtimes.md", "limits, shared memory and other runtimes"),
+    "test_step_3_5_runtimes": ("../limits-and-runtimes.md", "limits, shared memory and other runtimes"),
     "test_step_1_1_hardware": ("../guide.md#11-hardware", "the walkthrough, step 1.1"),
     "test_step_1_2_burn": ("../burn.md", "the burn tier"),
     "test_step_2_1_driver": ("../guide.md#21-driver", "the walkthrough, step 2.1"),

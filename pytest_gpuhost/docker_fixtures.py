@@ -20,6 +20,7 @@ from pytest_gpuhost.facts.docker_engine import EngineFacts, gather_engine
 from pytest_gpuhost.facts.model import Precondition
 from pytest_gpuhost.facts.toolkit import ToolkitFacts, gather_toolkit
 from pytest_gpuhost.host import Host
+from pytest_gpuhost.remote import is_remote
 from pytest_gpuhost.settings import Settings
 from pytest_gpuhost.timeouts import NativeCallTimeout
 
@@ -71,7 +72,14 @@ def install(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def gpuhost_docker_connection(pytestconfig: pytest.Config, gpuhost_settings: Settings) -> DockerConnection:
+def gpuhost_docker_connection(
+    pytestconfig: pytest.Config, gpuhost_settings: Settings, gpuhost_host: Host
+) -> DockerConnection:
+    """The local daemon; a remote host's daemon is not reached yet, so its Docker checks skip."""
+    if is_remote(gpuhost_host):
+        from pytest_gpuhost.session import REMOTE_CONTAINER_SKIP
+
+        pytest.skip(REMOTE_CONTAINER_SKIP.replace("container checks", "Docker checks"))
     return docker_connection(pytestconfig, gpuhost_settings.timeout)
 
 

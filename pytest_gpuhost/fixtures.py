@@ -23,13 +23,20 @@ def gpuhost_settings(gpuhost_session: GpuhostSession) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def gpuhost_facts(gpuhost_session: GpuhostSession) -> HostFacts:
-    return gpuhost_session.facts
+def gpuhost_target(request: pytest.FixtureRequest, gpuhost_session: GpuhostSession) -> str:
+    """The name of the host under check: a session-scoped parameter in fleet runs, so that every
+    session fixture depending on the host exists once per host."""
+    return str(getattr(request, "param", gpuhost_session.host.name))
 
 
 @pytest.fixture(scope="session")
-def gpuhost_host(gpuhost_session: GpuhostSession) -> Host:
-    return gpuhost_session.host
+def gpuhost_facts(gpuhost_session: GpuhostSession, gpuhost_target: str) -> HostFacts:
+    return gpuhost_session.facts_for(gpuhost_target)
+
+
+@pytest.fixture(scope="session")
+def gpuhost_host(gpuhost_session: GpuhostSession, gpuhost_target: str) -> Host:
+    return gpuhost_session.host_named(gpuhost_target)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -34,6 +34,7 @@ from pytest_gpuhost.facts.health import (
 from pytest_gpuhost.facts.model import GpuInfo, HostFacts
 from pytest_gpuhost.host import Host
 from pytest_gpuhost.options import TIERS
+from pytest_gpuhost.remote import is_remote
 from pytest_gpuhost.settings import Settings
 from pytest_gpuhost.timeouts import NativeCallTimeout, call_with_timeout
 
@@ -94,15 +95,17 @@ def gpuhost_fabric(gpuhost_host: Host, gpuhost_settings: Settings) -> FabricFact
 
 
 @pytest.fixture(scope="session")
-def gpuhost_gpu_load(request: pytest.FixtureRequest, gpuhost_settings: Settings) -> GpuLoad | None:
+def gpuhost_gpu_load(
+    request: pytest.FixtureRequest, gpuhost_settings: Settings, gpuhost_host: Host
+) -> GpuLoad | None:
     """A short GPU load for the PCIe link and clock checks: the burn workload in a container.
 
     Only from the container tier up, and only when GPU containers work. Without a load those
     checks read the GPU at idle: a lower PCIe generation is then only a note (idle links slow
     down), a narrower link still fails.
     """
-    if gpuhost_settings.tier_rank() < TIERS.index("container"):
-        return None
+    if gpuhost_settings.tier_rank() < TIERS.index("container") or is_remote(gpuhost_host):
+        return None  # a remote host gets no container yet: its checks read at idle
     from pytest_gpuhost.workload_fixtures import container_load
 
     probe = request.getfixturevalue("gpuhost_gpu_container")

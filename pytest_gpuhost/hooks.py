@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import pytest
@@ -11,9 +12,10 @@ if TYPE_CHECKING:
 
 
 @pytest.hookspec(firstresult=True)
-def pytest_gpuhost_make_host(config: pytest.Config) -> Host | None:
-    """Return the ``Host`` the suite checks, or None for the local machine.
+def pytest_gpuhost_make_host(config: pytest.Config) -> Host | Sequence[Host] | None:
+    """Return the ``Host`` the suite checks, several for a fleet run, or None for the default.
 
+    The default is the hosts of testinfra's ``--hosts`` when given, else the local machine.
     The plugin's own tests return a ``LocalHost(root=...)`` that replays captures of real
-    GPU hosts; fleet support returns remote hosts.
+    GPU hosts, or several of them to fake a fleet.
     """

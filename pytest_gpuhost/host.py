@@ -20,7 +20,8 @@ DEFAULT_COMMAND_TIMEOUT = 30.0
 
 @dataclass(frozen=True)
 class CommandResult:
-    """What a command did. ``missing`` means the executable was not found."""
+    """What a command did. ``missing``: the executable was not found; ``unreachable``: the remote
+    host's connection failed, ``stderr`` says why."""
 
     argv: tuple[str, ...]
     returncode: int | None
@@ -28,16 +29,19 @@ class CommandResult:
     stderr: str
     timed_out: bool = False
     missing: bool = False
+    unreachable: bool = False
 
     @property
     def ok(self) -> bool:
-        return self.returncode == 0 and not self.timed_out and not self.missing
+        return self.returncode == 0 and not self.timed_out and not self.missing and not self.unreachable
 
     def describe(self) -> str:
         """A one-line account of a failed command, for diagnoses."""
         cmd = " ".join(self.argv)
         if self.missing:
             return f"`{self.argv[0]}` is not installed or not on PATH"
+        if self.unreachable:
+            return f"`{cmd}` could not run: the host's connection failed: {self.stderr.strip()}"
         if self.timed_out:
             return f"`{cmd}` did not finish in time (hung driver or daemon?)"
         tail = (self.stderr.strip() or self.stdout.strip()).splitlines()

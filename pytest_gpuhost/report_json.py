@@ -195,7 +195,8 @@ class JsonReport:
     ``path``: where the report goes (None: collect only, e.g. for the baseline check).
     ``inventory``: returns the host inventory; called once, at the end.
     ``save_baseline``: where to save a baseline made from this run. ``baseline``: the baseline
-    file that ``test_baseline_regressions`` compares this run with.
+    file that ``test_baseline_regressions`` compares this run with. ``inventories``: in a fleet
+    run, every host's inventory (the document's ``hosts``); results then name their host.
     """
 
     def __init__(
@@ -205,12 +206,14 @@ class JsonReport:
         *,
         save_baseline: Path | str | None = None,
         baseline: Path | str | None = None,
+        inventories: Callable[[], Sequence[Inventory]] | None = None,
     ) -> None:
         self.path = Path(path) if path is not None else None
         self.save_baseline_path = Path(save_baseline) if save_baseline is not None else None
         self.baseline_path = Path(baseline) if baseline is not None else None
         self._inventory = inventory
         self._inventory_cache: dict[str, Any] | None = None
+        self._inventories = inventories
         self._results: dict[str, dict[str, Any]] = {}
         self._started = time.time()
         self._start_iso = now_iso()
@@ -231,6 +234,15 @@ class JsonReport:
             self._inventory_cache = inventory
         return self._inventory_cache
 
+    def host_inventories(self) -> list[dict[str, Any]]:
+        """The document's ``hosts``: the one host, or every host of a fleet run."""
+        if self._inventories is None:
+            return [self.inventory()]
+        try:
+            return [dict(inventory) for inventory in self._inventories()]
+        except Exception as exc:  # the report must be written even when facts fail
+            return [{**self.inventory(), "error": f"{type(exc).__name__}: {exc}"}]
+
     def results(self) -> list[dict[str, Any]]:
         """The results so far, each with its host filled in."""
         host = self.inventory()["host"]
@@ -249,7 +261,7 @@ class JsonReport:
             "exit_status": exitstatus,
             "interrupted": interrupted,
             "collected": self._collected,
-            "hosts": [self.inventory()],
+            "hosts": self.host_inventories(),
             "results": results,
             "summary": summarize(results),
         }

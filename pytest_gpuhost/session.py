@@ -3,22 +3,44 @@
 One ``GpuhostSession`` per pytest run: it gathers the host's facts once, points collection at
 the shipped suite, parametrizes per-GPU checks, applies the tier, skips checks whose
 preconditions failed, and prints the per-host summary.
+
+A fleet run (testinfra's ``--hosts``, or several hosts from ``pytest_gpuhost_make_host``)
+checks every host: each check is parametrized by ``gpuhost_target`` (the host's name) at
+session scope, so the session fixtures (facts, health survey, kernel log) exist once per host.
 """
 
 from __future__ import annotations
 
+import pickle
+import threading
+from collections.abc import Generator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from pytest_gpuhost.diagnosis import Diagnosis
 from pytest_gpuhost.facts.gather import gather_host_facts
 from pytest_gpuhost.facts.model import GpuInfo, HostFacts
 from pytest_gpuhost.host import Host, LocalHost
 from pytest_gpuhost.options import TIERS, UsageError
+from pytest_gpuhost.remote import (
+    CHECK_REACHABLE,
+    hosts_from_config,
+    is_remote,
+    probe_reachable,
+    unreachable_facts,
+)
 from pytest_gpuhost.settings import Settings
 
 SESSION_KEY = pytest.StashKey["GpuhostSession"]()
 NEEDS_MARKER = "gpuhost_needs"
+TARGET = "gpuhost_target"
+FACTS_KEY = "gpuhost_facts"
+REMOTE_CONTAINER_SKIP = (
+    "container checks on remote hosts: not yet supported, run pytest --gpuhost on the node (docs/fleets.md)"
+)
 TIER_HELP = {
     "quick": "gpuhost tier: facts and files only, finishes in seconds",
     "container": "gpuhost tier: starts containers on the host",
@@ -85,12 +107,30 @@ def select_gpus(gpus: tuple[GpuInfo, ...], selection: str) -> tuple[GpuInfo, ...
     return tuple(chosen)
 
 
+def as_hosts(made: Host | Sequence[Host] | None) -> list[Host]:
+    """What ``pytest_gpuhost_make_host`` returned, as a list; None is the local machine."""
+    if made is None:
+        return [LocalHost()]
+    if isinstance(made, Sequence) and not isinstance(made, str):
+        if not made:
+            raise UsageError("no host to check")
+        return list(made)
+    return [made]
+
+
 class GpuhostSession:
-    def __init__(self, config: pytest.Config, settings: Settings, host: Host | None = None) -> None:
+    def __init__(
+        self, config: pytest.Config, settings: Settings, host: Host | Sequence[Host] | None = None
+    ) -> None:
         self.config = config
         self.settings = settings
-        self.host: Host = host or LocalHost()
-        self._facts: HostFacts | None = None
+        self.hosts: list[Host] = as_hosts(host)
+        self.host: Host = self.hosts[0]
+        # Ids name hosts and a reachability check runs once any host is remote or several are checked.
+        self.fleet = len(self.hosts) > 1 or any(is_remote(h) for h in self.hosts)
+        self._facts_by_host: dict[str, HostFacts] = {}
+        self._lock = threading.Lock()
+        self.unreachable: dict[str, Diagnosis] = {}
 
     @classmethod
     def install(cls, config: pytest.Config) -> GpuhostSession:
@@ -101,7 +141,10 @@ class GpuhostSession:
             "markers", f"{NEEDS_MARKER}(*names): skip unless these host preconditions hold"
         )
         host = config.hook.pytest_gpuhost_make_host(config=config)
+        if host is None:
+            host = hosts_from_config(config) or None  # testinfra's --hosts, when given
         session = cls(config, settings, host)
+        session.receive_facts(getattr(config, "workerinput", None))
         config.stash[SESSION_KEY] = session
         config.pluginmanager.register(session, "gpuhost-session")
         from pytest_gpuhost import (
@@ -110,6 +153,7 @@ class GpuhostSession:
             fixtures,
             health_fixtures,
             report_fixtures,
+            runtime_fixtures,
             workload_fixtures,
         )
         from pytest_gpuhost.report_json import PLUGIN_NAME, JsonReport, inventory_from_facts
@@ -122,6 +166,7 @@ class GpuhostSession:
                     lambda: inventory_from_facts(session.facts),
                     save_baseline=settings.save_baseline,
                     baseline=settings.baseline,
+                    inventories=session.inventories if session.fleet else None,
                 ),
                 PLUGIN_NAME,
             )
@@ -134,6 +179,7 @@ class GpuhostSession:
             docker_fixtures,
             health_fixtures,
             report_fixtures,
+            runtime_fixtures,
             workload_fixtures,
         )
         for module in modules:
@@ -149,51 +195,164 @@ class GpuhostSession:
 
     @property
     def facts(self) -> HostFacts:
-        if self._facts is None:
-            self._facts = gather_host_facts(self.host, self.settings.timeout)
-        return self._facts
+        """The facts of the first (in a single-host run, the only) host."""
+        return self.facts_for(self.host.name)
+
+    def host_named(self, name: str) -> Host:
+        return next(h for h in self.hosts if h.name == name)
+
+    def facts_for(self, name: str) -> HostFacts:
+        """The host's facts, gathered once per run (per process under pytest-xdist)."""
+        facts = self._facts_by_host.get(name)
+        if facts is None:
+            facts = self._gather(self.host_named(name))
+            with self._lock:
+                facts = self._facts_by_host.setdefault(name, facts)
+        return facts
+
+    def _gather(self, host: Host) -> HostFacts:
+        if not self.fleet:
+            return gather_host_facts(host, self.settings.timeout)
+        reachable, diagnosis = probe_reachable(host, self.settings.timeout)
+        if diagnosis is not None:
+            self.unreachable[host.name] = diagnosis  # test_host_reachable reports it
+            return unreachable_facts(host.name, reachable)
+        # NVML answers for the machine pytest runs on only: remote GPUs are read with nvidia-smi.
+        facts = gather_host_facts(host, self.settings.timeout, use_nvml=not is_remote(host))
+        facts.preconditions["reachable"] = reachable
+        return facts
+
+    def gather_all(self) -> None:
+        """Every host's facts, gathered in parallel: a fleet's collection waits for the slowest only."""
+        missing = [h.name for h in self.hosts if h.name not in self._facts_by_host]
+        if len(missing) > 1:
+            with ThreadPoolExecutor(max_workers=min(16, len(missing))) as pool:
+                list(pool.map(self.facts_for, missing))
+        elif missing:
+            self.facts_for(missing[0])
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        """pytest-xdist's controller hands each worker the facts it gathered: each host's facts are
+        gathered once per run, not once per worker, and every worker collects the same checks."""
+        if self.fleet:
+            self.gather_all()
+            node.workerinput[FACTS_KEY] = pickle.dumps((self._facts_by_host, self.unreachable))
+
+    def receive_facts(self, workerinput: dict[str, Any] | None) -> None:
+        """A pytest-xdist worker takes the controller's facts (``pytest_configure_node``)."""
+        if workerinput and FACTS_KEY in workerinput:
+            facts, unreachable = pickle.loads(workerinput[FACTS_KEY])  # from our own controller
+            self._facts_by_host.update(facts)
+            self.unreachable.update(unreachable)
+
+    def inventories(self) -> list[dict[str, Any]]:
+        from pytest_gpuhost.report_json import inventory_from_facts
+
+        self.gather_all()
+        return [inventory_from_facts(self.facts_for(h.name)) for h in self.hosts]
 
     def selected_gpus(self) -> tuple[GpuInfo, ...]:
         return select_gpus(self.facts.gpus, self.settings.gpus)
 
+    def target_of(self, item: pytest.Item) -> str:
+        """The name of the host that ``item`` checks."""
+        callspec = getattr(item, "callspec", None)
+        target = callspec.params.get(TARGET) if callspec is not None else None
+        return str(target) if target is not None else self.host.name
+
+    def gpu_params(self, facts: HostFacts, selected: tuple[GpuInfo, ...]) -> list[Any]:
+        """The ``gpu`` values of one host: its selected GPUs, or one skipped case saying why none."""
+        if selected:
+            return [pytest.param(g, id=g.test_id) for g in selected]
+        listing = facts.preconditions["gpu_listing"]
+        reason = (
+            f"no GPU to check: {listing.check} failed: {listing.reason}"
+            if not listing.ok
+            else (f"--gpuhost-gpus {self.settings.gpus!r} selects no GPU")
+        )
+        return [pytest.param(None, marks=pytest.mark.skip(reason=reason), id="no-gpu")]
+
+    def _parametrize_fleet(self, metafunc: pytest.Metafunc) -> None:
+        """Every check once per host; per-GPU checks once per GPU of each host.
+
+        Session scope: the fixtures that depend on the host are set up once per host. Each host's
+        checks form one pytest-xdist group, so ``--dist loadgroup`` keeps them on one worker.
+        """
+        if TARGET not in metafunc.fixturenames:
+            return
+        self.gather_all()
+        groups = len(self.hosts) > 1
+        params: list[Any] = []
+        for host in self.hosts:
+            marks = [pytest.mark.xdist_group(name=host.name)] if groups else []
+            if "gpu" not in metafunc.fixturenames:
+                params.append(pytest.param(host.name, id=host.name, marks=marks))
+                continue
+            facts = self.facts_for(host.name)
+            try:
+                selected = select_gpus(facts.gpus, self.settings.gpus)
+            except UsageError as exc:
+                selected = ()
+                marks = [*marks, pytest.mark.skip(reason=str(exc))]
+            for param in self.gpu_params(facts, selected):
+                params.append(
+                    pytest.param(
+                        host.name, *param.values, id=f"{host.name}-{param.id}", marks=[*marks, *param.marks]
+                    )
+                )
+        if "gpu" in metafunc.fixturenames:
+            metafunc.parametrize([TARGET, "gpu"], params, indirect=[TARGET], scope="session")
+        else:
+            metafunc.parametrize(TARGET, params, indirect=True, scope="session")
+
     # -- hooks -------------------------------------------------------------------------------
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
-        facts = self.facts
-        gpus = facts.gpus
-        models = ", ".join(sorted({g.name for g in gpus})) or "none"
-        return [
-            f"gpuhost: host {facts.host}, tier {self.settings.tier}, driver {facts.driver_version or 'none'}, "
-            f"CUDA {facts.cuda_driver_version or 'none'}, {len(gpus)} GPU(s): {models} "
-            f"(source: {facts.listing.source if facts.listing.ok else 'none'})"
-        ]
+        self.gather_all()
+        lines = []
+        for host in self.hosts:
+            facts = self.facts_for(host.name)
+            gpus = facts.gpus
+            models = ", ".join(sorted({g.name for g in gpus})) or "none"
+            lines.append(
+                f"gpuhost: host {facts.host}, tier {self.settings.tier}, driver {facts.driver_version or 'none'}, "
+                f"CUDA {facts.cuda_driver_version or 'none'}, {len(gpus)} GPU(s): {models} "
+                f"(source: {facts.listing.source if facts.listing.ok else 'none'})"
+            )
+        return lines
+
+    def pytest_pycollect_makeitem(
+        self, collector: pytest.Collector, name: str, obj: object
+    ) -> list[Any] | None:
+        """The reachability check exists in fleet runs only: the local machine is always reachable."""
+        if name == CHECK_REACHABLE and not self.fleet:
+            return []
+        return None
 
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        if self.fleet:
+            self._parametrize_fleet(metafunc)
+            return
         if "gpu" not in metafunc.fixturenames:
             return
         try:
             gpus = self.selected_gpus()
         except UsageError as exc:
             raise pytest.UsageError(f"pytest-gpuhost: {exc}") from None
-        if gpus:
-            metafunc.parametrize("gpu", gpus, ids=[g.test_id for g in gpus])
-            return
-        listing = self.facts.preconditions["gpu_listing"]
-        reason = (
-            f"no GPU to check: {listing.check} failed: {listing.reason}"
-            if not listing.ok
-            else (f"--gpuhost-gpus {self.settings.gpus!r} selects no GPU")
-        )
-        metafunc.parametrize("gpu", [pytest.param(None, marks=pytest.mark.skip(reason=reason), id="no-gpu")])
+        metafunc.parametrize("gpu", self.gpu_params(self.facts, gpus))
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_collection(self, session: pytest.Session) -> None:
         """A --gpuhost-gpus naming no GPU of this host is a usage error, not a collection error per module."""
+        if self.fleet:
+            return  # hosts differ: a selection that misses one host skips that host's per-GPU checks
         try:
             self.selected_gpus()
         except UsageError as exc:
             raise pytest.UsageError(f"pytest-gpuhost: {exc}") from None
 
+    @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
         rank = self.settings.tier_rank()
         keep: list[pytest.Item] = []
@@ -204,26 +363,59 @@ class GpuhostSession:
         if drop:
             config.hook.pytest_deselected(items=drop)
             items[:] = keep
+        if self.fleet:
+            # One host after the other, each starting with its reachability check: the session
+            # fixtures of a host are set up once, and its first failure is the one that explains.
+            order = {h.name: i for i, h in enumerate(self.hosts)}
+
+            def key(item: pytest.Item) -> tuple[int, int]:
+                first = getattr(item, "originalname", item.name) == CHECK_REACHABLE
+                return order.get(self.target_of(item), -1), 0 if first else 1
+
+            items.sort(key=key)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        target = self.target_of(item)
+        facts = self.facts_for(target)
+        if self.fleet:
+            reachable = facts.preconditions.get("reachable")
+            is_probe = getattr(item, "originalname", item.name) == CHECK_REACHABLE
+            if reachable is not None and not reachable.ok and not is_probe:
+                pytest.skip(f"needs reachable: {reachable.check} failed: {reachable.reason}")
+            tiers = {m.name for m in item.iter_markers() if m.name in TIERS}
+            if is_remote(self.host_named(target)) and tiers & {"container", "burn"}:
+                pytest.skip(REMOTE_CONTAINER_SKIP)
         for marker in item.iter_markers(NEEDS_MARKER):
             for name in marker.args:
-                pre = self.facts.preconditions[name]
+                pre = facts.preconditions[name]
                 if not pre.ok:
                     pytest.skip(f"needs {name}: {pre.check} failed: {pre.reason}")
 
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        """Name the host on the report: the JSON report and the fleet table group by it."""
+        report = yield
+        if self.fleet:
+            report.gpuhost_host = self.target_of(item)  # type: ignore[attr-defined]
+        return report
+
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
-        facts = self.facts
         write = terminalreporter.write_line
-        terminalreporter.section(f"gpuhost: {facts.host}")
-        write(f"driver {facts.driver_version or 'none'}, CUDA {facts.cuda_driver_version or 'none'}")
-        if not facts.gpus:
-            write("GPUs: none found")
-        for gpu in facts.gpus:
-            write(
-                f"  gpu{gpu.index}  {gpu.name}  {gpu.uuid}  {gpu.pci_bus_id}  {gpu.memory_total_mib or '?'} MiB"
-            )
+        for host in self.hosts:
+            facts = self.facts_for(host.name)
+            terminalreporter.section(f"gpuhost: {facts.host}")
+            write(f"driver {facts.driver_version or 'none'}, CUDA {facts.cuda_driver_version or 'none'}")
+            if not facts.gpus:
+                write("GPUs: none found")
+            for gpu in facts.gpus:
+                write(
+                    f"  gpu{gpu.index}  {gpu.name}  {gpu.uuid}  {gpu.pci_bus_id}  {gpu.memory_total_mib or '?'} MiB"
+                )
+        if len(self.hosts) > 1:
+            self._fleet_table(terminalreporter)
         failed = terminalreporter.stats.get("failed", []) + terminalreporter.stats.get("error", [])
         for report in failed:
             text = str(getattr(report, "longreprtext", "") or report.longrepr or "")
@@ -232,3 +424,36 @@ class GpuhostSession:
             write(
                 f"FAILED {report.nodeid.split('::')[-1]}: {first.strip().removeprefix('FOUND: ')}", red=True
             )
+
+    def _fleet_table(self, terminalreporter: pytest.TerminalReporter) -> None:
+        """Hosts by check groups, passed/failed/skipped per cell, from the JSON report's results."""
+        from pytest_gpuhost.report_json import PLUGIN_NAME, JsonReport, summarize
+
+        plugin = self.config.pluginmanager.get_plugin(PLUGIN_NAME)
+        if not isinstance(plugin, JsonReport):
+            return
+        table = summarize(plugin.results())["table"]
+        terminalreporter.section("gpuhost: fleet (passed/failed/skipped)")
+        for line in render_fleet_table(table, [h.name for h in self.hosts]):
+            terminalreporter.write_line(line)
+
+
+def render_fleet_table(table: dict[str, dict[str, dict[str, int]]], hosts: Sequence[str]) -> list[str]:
+    """A text table: one row per host, one column per check group; errors count as failures."""
+    groups = sorted({group for row in table.values() for group in row})
+    labels = [g.removeprefix("test_").removeprefix("step_") for g in groups]
+
+    def cell(counts: dict[str, int] | None) -> str:
+        if not counts:
+            return "-"
+        failed = counts.get("failed", 0) + counts.get("error", 0) + counts.get("xpassed", 0)
+        skipped = counts.get("skipped", 0) + counts.get("xfailed", 0)
+        return f"{counts.get('passed', 0)}/{failed}/{skipped}"
+
+    rows = [[host, *(cell(table.get(host, {}).get(g)) for g in groups)] for host in hosts]
+    header = ["host", *labels]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return [
+        "  ".join(text.ljust(width) for text, width in zip(r, widths, strict=True)).rstrip()
+        for r in [header, *rows]
+    ]

@@ -1,0 +1,260 @@
+"""Remote hosts through pytest-testinfra: ``pytest --gpuhost --hosts=ssh://user@gpu01,...``.
+
+testinfra's own options (``--hosts``, ``--connection``, ``--ssh-config``, ``--ssh-identity-file``,
+``--ansible-inventory``, ``--sudo``) choose the hosts; this module adapts each one to the ``Host``
+protocol. testinfra runs commands without a timeout, so every command gets one twice: coreutils
+``timeout`` on the remote side ends a hung ``nvidia-smi`` there, and a local deadline stops the
+wait for a connection that hangs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import tempfile
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from pytest_gpuhost.diagnosis import Diagnosis
+from pytest_gpuhost.facts.model import GpuListing, HostFacts, KernelFacts, Precondition
+from pytest_gpuhost.host import DEFAULT_COMMAND_TIMEOUT, CommandResult, Host
+from pytest_gpuhost.timeouts import NativeCallTimeout, call_with_timeout
+
+if TYPE_CHECKING:
+    import pytest
+
+CHECK_REACHABLE = "test_host_reachable"
+# Seconds the local side waits beyond the remote timeout: the SSH handshake and the kill grace.
+CONNECT_GRACE = 20.0
+# Exit statuses of coreutils `timeout`: the command ran out of time, or could not be started.
+TIMED_OUT, NOT_EXECUTABLE, NOT_FOUND = 124, 126, 127
+SSH_CONNECTIONS = ("ssh", "safe-ssh")
+# testinfra's options, as its plugin names them (``config.option.<dest>``).
+TESTINFRA_OPTIONS = (
+    "connection",
+    "ssh_config",
+    "ssh_identity_file",
+    "sudo",
+    "sudo_user",
+    "ansible_inventory",
+    "force_ansible",
+)
+
+
+def is_remote(host: Host) -> bool:
+    """Whether ``host`` is reached over a connection rather than being where pytest runs."""
+    return bool(getattr(host, "remote", False))
+
+
+class TestinfraHost:
+    """A host that testinfra reaches; commands and file reads run as remote commands."""
+
+    __test__ = False  # not a test class, whatever pytest's naming rules say
+
+    def __init__(self, backend_host: Any, name: str, spec: str) -> None:
+        self.testinfra = backend_host
+        self.name = name
+        self.spec = spec
+        self.remote = backend_host.backend.get_connection_type() != "local"
+
+    def run(self, argv: Sequence[str], timeout: float = DEFAULT_COMMAND_TIMEOUT) -> CommandResult:
+        args = tuple(argv)
+        seconds = max(1, int(timeout + 0.999))
+        command = f"timeout -k 5 {seconds} {shlex.join(args)}"
+        try:
+            out = call_with_timeout(
+                lambda: self.testinfra.run(command), timeout + CONNECT_GRACE, f"{self.name}: {args[0]}"
+            )
+        except NativeCallTimeout:
+            return CommandResult(args, None, "", f"no answer from {self.name} in time", timed_out=True)
+        except Exception as exc:  # testinfra raises for a connection that fails (ssh exits 255)
+            return CommandResult(args, None, "", connection_error_text(exc), unreachable=True)
+        rc, stdout, stderr = int(out.rc), str(out.stdout), str(out.stderr)
+        if rc == TIMED_OUT:
+            return CommandResult(args, None, stdout, stderr, timed_out=True)
+        if rc in (NOT_FOUND, NOT_EXECUTABLE) and "timeout: failed to run command" in stderr:
+            return CommandResult(args, None, stdout, stderr, missing=True)
+        return CommandResult(args, rc, stdout, stderr)
+
+    def read_text(self, path: str) -> str | None:
+        result = self.run(["cat", "--", path])
+        if result.ok:
+            return result.stdout
+        if "Permission denied" in result.stderr:
+            raise PermissionError(f"{self.name}:{path}: {result.stderr.strip()}")
+        return None
+
+    def listdir(self, path: str) -> list[str]:
+        result = self.run(["ls", "-1A", "--", path])
+        return sorted(line for line in result.stdout.splitlines() if line) if result.ok else []
+
+    def exists(self, path: str) -> bool:
+        return self.run(["sh", "-c", 'test -e "$1" || test -L "$1"', "sh", path]).ok
+
+    def readlink(self, path: str) -> str | None:
+        result = self.run(["readlink", "--", path])
+        return result.stdout.strip() or None if result.ok else None
+
+
+def connection_error_text(exc: BaseException) -> str:
+    """The SSH client's own words: testinfra raises ``RuntimeError(CommandResult)`` for exit 255."""
+    arg = exc.args[0] if exc.args else exc
+    stderr = getattr(arg, "stderr", None)
+    if isinstance(stderr, str) and stderr.strip():
+        return stderr.strip()
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _option(config: pytest.Config, name: str) -> Any:
+    return getattr(config.option, name, None)
+
+
+def host_specs(config: pytest.Config) -> list[str]:
+    """The ``--hosts`` list of testinfra, or empty when it is not given (or testinfra not loaded)."""
+    hosts = _option(config, "hosts")
+    return [spec.strip() for spec in str(hosts).split(",") if spec.strip()] if hosts else []
+
+
+def control_dir() -> str:
+    """Where the SSH control sockets live: one connection per host serves every command."""
+    path = os.path.join(tempfile.gettempdir(), f"gpuhost-ssh-{os.getuid()}")
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    return path
+
+
+def control_path(spec: str, kwargs: dict[str, Any]) -> str:
+    """A control socket per host and client settings. Named by a hash, not ssh's ``%C``: testinfra
+    puts the path through %-formatting."""
+    key = repr((spec, kwargs.get("ssh_config"), kwargs.get("ssh_identity_file"), kwargs.get("sudo")))
+    return os.path.join(control_dir(), hashlib.sha256(key.encode()).hexdigest()[:20])
+
+
+def host_name(backend: Any) -> str:
+    """The host's name from its spec; with the port when one is given, so that two sshd on one
+    address stay apart."""
+    name = str(backend.get_hostname())
+    port = getattr(getattr(backend, "host", None), "port", None)
+    return f"{name}:{port}" if port else name
+
+
+def hosts_from_config(config: pytest.Config) -> list[Host]:
+    """One ``TestinfraHost`` per host that ``--hosts`` names (an Ansible group gives several)."""
+    import testinfra
+    from testinfra.backend import parse_hostspec
+
+    hosts: list[Host] = []
+    common = {name: _option(config, name) for name in TESTINFRA_OPTIONS}
+    for spec in host_specs(config):
+        kwargs = dict(common)
+        connection = parse_hostspec(spec)[1].get("connection") or kwargs["connection"]
+        extra = str(_option(config, "ssh_extra_args") or "")
+        if connection in SSH_CONNECTIONS and "controlpath" not in extra.lower():
+            kwargs["controlpath"] = control_path(spec, kwargs)
+        if extra:
+            kwargs["ssh_extra_args"] = extra
+        for backend_host in testinfra.get_hosts([spec], **kwargs):
+            hosts.append(TestinfraHost(backend_host, host_name(backend_host.backend), spec))
+    names = [h.name for h in hosts]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        from pytest_gpuhost.options import UsageError
+
+        raise UsageError(f"--hosts names {', '.join(duplicates)} more than once")
+    return hosts
+
+
+# -- reachability ------------------------------------------------------------------------------
+
+
+def diagnose_connection(host: Host, error: str) -> Diagnosis:
+    """What a failed SSH connection means and what fixes it, from the client's message."""
+    where = getattr(host, "spec", host.name)
+    lowered = error.lower()
+    last = error.strip().splitlines()[-1] if error.strip() else "no output"
+    if "are too open" in lowered:
+        key = error.split("for '", 1)[1].split("'", 1)[0] if "for '" in error else "<identity file>"
+        return Diagnosis(
+            f"{host.name}: SSH refuses the identity file {key}: its permissions are too open",
+            "ssh ignores a private key that other users can read, and then has no key to log in with",
+            f"`chmod 600 {key}`",
+        )
+    if "permission denied" in lowered:
+        return Diagnosis(
+            f"{host.name}: SSH login refused ({last})",
+            "the user in the host spec is wrong, or the key is not in that user's authorized_keys",
+            f"check the user (ssh://USER@host) and the key (--ssh-identity-file); `ssh -v {where.split('://')[-1]}` "
+            "shows which keys are offered; `ssh-copy-id` installs one",
+        )
+    if "connection refused" in lowered:
+        return Diagnosis(
+            f"{host.name}: SSH connection refused ({last})",
+            "no SSH server listens on that address and port, or the host is still booting",
+            "`sudo systemctl status ssh` on the host; check the port in the spec or the ssh config",
+        )
+    if "could not resolve" in lowered or "name or service not known" in lowered:
+        return Diagnosis(
+            f"{host.name}: the host name does not resolve ({last})",
+            "a typo in --hosts, or the name is missing from DNS, /etc/hosts or the ssh config",
+            "check the name; `getent hosts NAME`; or give the address in the spec",
+        )
+    if "host key verification failed" in lowered or "identification has changed" in lowered:
+        return Diagnosis(
+            f"{host.name}: the SSH host key is unknown or changed ({last})",
+            "the host is new to this machine's known_hosts, or was reinstalled",
+            f"`ssh-keygen -R NAME` then `ssh {where.split('://')[-1]}` once to accept the key, "
+            "or `StrictHostKeyChecking accept-new` in the ssh config",
+        )
+    if "timed out" in lowered or "no answer" in lowered:
+        return Diagnosis(
+            f"{host.name}: no answer over SSH ({last})",
+            "the host is down, unreachable from here, or a firewall drops the connection",
+            "`ping` the host; check its console; `ssh -v` shows where the connection stops",
+        )
+    return Diagnosis(
+        f"{host.name}: cannot run commands over the connection ({last})",
+        "the connection or the remote shell fails",
+        f"run `ssh -v {where.split('://')[-1]} true` by hand: it shows the same error",
+    )
+
+
+def probe_reachable(host: Host, timeout: float) -> tuple[Precondition, Diagnosis | None]:
+    """Run ``true`` on the host: the connection, the login and coreutils ``timeout`` must work."""
+    if not is_remote(host):
+        return Precondition("reachable", ok=True, check=CHECK_REACHABLE), None
+    result = host.run(["true"], timeout=timeout)
+    if result.ok:
+        return Precondition("reachable", ok=True, check=CHECK_REACHABLE), None
+    if result.missing:
+        diagnosis = Diagnosis(
+            f"{host.name}: coreutils `timeout` cannot run `true`: {result.stderr.strip()}",
+            "the host lacks coreutils, which the suite uses to bound every remote command",
+            "install coreutils on the host (`apt-get install coreutils`)",
+        )
+    elif result.returncode is not None and "timeout:" in result.stderr:
+        diagnosis = Diagnosis(
+            f"{host.name}: the remote shell has no coreutils `timeout`: {result.stderr.strip()}",
+            "the suite bounds every remote command with coreutils `timeout`",
+            "install coreutils on the host",
+        )
+    else:
+        diagnosis = diagnose_connection(host, result.stderr or result.describe())
+    return Precondition("reachable", ok=False, check=CHECK_REACHABLE, reason=diagnosis.found), diagnosis
+
+
+def unreachable_facts(name: str, reachable: Precondition) -> HostFacts:
+    """Facts of a host that cannot be reached: every precondition fails with the connection's reason."""
+    nothing = KernelFacts(frozenset(), None, reachable.reason, None, frozenset())
+    preconditions = {
+        need: Precondition(need, ok=False, check=reachable.check, reason=reachable.reason)
+        for need in ("gpu_present", "driver", "nvml", "nvidia_smi", "gpu_listing")
+    }
+    preconditions["reachable"] = reachable
+    return HostFacts(
+        name,
+        (),
+        nothing,
+        GpuListing("nvml", ok=False, error=reachable.reason, error_kind="unreachable"),
+        GpuListing("nvidia-smi", ok=False, error=reachable.reason, error_kind="unreachable"),
+        preconditions,
+    )
