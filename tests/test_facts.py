@@ -535,6 +535,23 @@ def test_gather_host_facts_from_the_fakes(
     assert (facts.driver_version, facts.cuda_driver_version) == ("580.159.04", "13.0")
 
 
+def test_a_remote_host_is_read_through_nvidia_smi_and_nvml_does_not_apply(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """How a host reached over SSH is read: no NVML, so NVML's checks are not applicable there."""
+    monkeypatch.setenv("GPUHOST_FAKE_SMI_XML", str(DATA / "h100/nvidia-smi-q-x.xml"))
+    host = LocalHost(
+        root=build_driver_tree(tmp_path / "root", "h100"),
+        env={**os.environ, "PATH": f"{FAKE_BIN}:/usr/bin:/bin"},
+        name="remote",
+    )
+    facts = gather_host_facts(host, 5, use_nvml=False)
+    assert facts.listing.source == "nvidia-smi" and [g.test_id for g in facts.gpus] == ["gpu0-042f1913"]
+    nvml = facts.preconditions["nvml"]
+    assert (nvml.ok, nvml.check) == (False, "")  # nothing failed: no check owns it
+    assert facts.preconditions["gpu_listing"].ok and facts.preconditions["driver"].ok
+
+
 # -- call_with_timeout --------------------------------------------------------------------------
 
 

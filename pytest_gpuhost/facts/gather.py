@@ -18,6 +18,7 @@ CHECK_DRIVER = "test_nvidia_kernel_module_loaded"
 CHECK_DRIVER_VERSION_FILE = "test_driver_version_file_readable"
 CHECK_NVML = "test_nvml_initialises"
 CHECK_SMI = "test_nvidia_smi_runs"
+REMOTE_NVML = "NVML answers only on the machine pytest runs on; this host is read through nvidia-smi"
 
 
 def derive_preconditions(
@@ -73,10 +74,13 @@ def gather_host_facts(
     if use_nvml:
         nvml = read_nvml(timeout, nvml_loader)
     else:
-        nvml = GpuListing("nvml", ok=False, error="NVML is only read on the local host", error_kind="remote")
+        nvml = GpuListing("nvml", ok=False, error=REMOTE_NVML, error_kind="remote")
     smi = read_smi(host, timeout)
     listing = nvml if nvml.ok or not smi.ok else smi
     preconditions = derive_preconditions(
         pci, kernel, nvml.ok, nvml.error, smi.ok, smi.error, len(listing.gpus)
     )
+    if not use_nvml and preconditions["driver"].ok:
+        # Not a failure of the host: checks that need NVML do not apply here (no owning check).
+        preconditions["nvml"] = Precondition("nvml", ok=False, check="", reason=REMOTE_NVML)
     return HostFacts(host.name, pci, kernel, nvml, smi, preconditions)
