@@ -19,6 +19,7 @@ from typing import Any
 from pytest_gpuhost.diagnosis import Diagnosis
 from pytest_gpuhost.facts.docker_engine import EngineFacts
 from pytest_gpuhost.facts.model import GpuInfo
+from pytest_gpuhost.facts.toolkit import ToolInfo
 from pytest_gpuhost.host import CommandResult, Host
 
 SECTION = "== gpuhost:"
@@ -396,14 +397,8 @@ def access_warning(path: AccessPath, user: str) -> Diagnosis | None:
 # -- other runtimes: enroot and Podman --------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RuntimeTool:
-    """A container runtime's command on the host: found, its version, or why it does not answer."""
-
-    name: str
-    found: bool
-    version: str | None = None
-    error: str | None = None
+# A runtime's command on the host is a tool like the toolkit's: found, its version, or why not.
+RuntimeTool = ToolInfo
 
 
 def parse_runtime_version(text: str) -> str | None:
