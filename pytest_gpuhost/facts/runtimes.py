@@ -19,7 +19,7 @@ from typing import Any
 from pytest_gpuhost.diagnosis import Diagnosis
 from pytest_gpuhost.facts.docker_engine import EngineFacts
 from pytest_gpuhost.facts.model import GpuInfo
-from pytest_gpuhost.facts.toolkit import ToolInfo
+from pytest_gpuhost.facts.toolkit import ToolInfo, probe_tool
 from pytest_gpuhost.host import CommandResult, Host
 
 SECTION = "== gpuhost:"
@@ -408,14 +408,8 @@ def parse_runtime_version(text: str) -> str | None:
 
 
 def probe_runtime(host: Host, argv: Sequence[str], timeout: float) -> RuntimeTool:
-    result = host.run(argv, timeout=timeout)
-    name = argv[0]
-    if result.missing:
-        return RuntimeTool(name, found=False, error=result.describe())
-    version = parse_runtime_version(result.stdout + "\n" + result.stderr)
-    if not result.ok:
-        return RuntimeTool(name, found=True, version=version, error=result.describe())
-    return RuntimeTool(name, found=True, version=version)
+    """Whether a runtime is installed, through its own version command (``enroot version``)."""
+    return probe_tool(host, argv[0], timeout, argv=argv, parse=parse_runtime_version)
 
 
 @dataclass(frozen=True)

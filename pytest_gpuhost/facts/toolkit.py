@@ -11,7 +11,7 @@ import importlib
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,11 +50,18 @@ def parse_tool_version(output: str) -> str | None:
     return match.group(1) if match else None
 
 
-def probe_tool(host: Host, name: str, timeout: float) -> ToolInfo:
-    result = host.run([name, "--version"], timeout=timeout)
+def probe_tool(
+    host: Host,
+    name: str,
+    timeout: float,
+    argv: Sequence[str] | None = None,
+    parse: Callable[[str], str | None] | None = None,
+) -> ToolInfo:
+    """Whether ``name`` is installed and which version it reports (``argv``: default ``--version``)."""
+    result = host.run(list(argv) if argv is not None else [name, "--version"], timeout=timeout)
     if result.missing:
         return ToolInfo(name, found=False, error=result.describe())
-    version = parse_tool_version(result.stdout + "\n" + result.stderr)
+    version = (parse or parse_tool_version)(result.stdout + "\n" + result.stderr)
     if not result.ok:
         return ToolInfo(name, found=True, version=version, error=result.describe())
     return ToolInfo(name, found=True, version=version)
