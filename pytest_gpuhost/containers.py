@@ -243,6 +243,11 @@ def diagnose_output(text: str) -> Diagnosis | None:
             "use CDI (`sudo nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml` and CDI device requests), "
             'or the cgroupfs driver (`"exec-opts": ["native.cgroupdriver=cgroupfs"]` in daemon.json)',
         )
+    return diagnose_version_mismatch(text)
+
+
+def diagnose_version_mismatch(text: str) -> Diagnosis | None:
+    """The driver upgraded without a reboot, as any container runtime's output shows it."""
     if "Driver/library version mismatch" in text:
         return Diagnosis(
             "inside the container: Driver/library version mismatch",

@@ -9,7 +9,6 @@ disagrees, and the unit tests compare the two definitions directly.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -255,19 +254,17 @@ def parse_report(stdout: str) -> WorkloadReport:
 
     Images may print banners before the script runs, so earlier lines are ignored.
     """
-    for line in reversed(stdout.splitlines()):
-        line = line.strip()
-        if not line.startswith("{"):
-            continue
-        try:
-            raw = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(raw, dict):
-            break
-    else:
+    from pytest_gpuhost.workload_runner import last_json_object
+
+    raw = last_json_object(stdout)
+    if raw is None:
         tail = stdout.strip()[-300:]
         raise WorkloadOutputError(f"no JSON record in the workload's output: {tail!r}")
+    return report_from_record(raw)
+
+
+def report_from_record(raw: dict[str, Any]) -> WorkloadReport:
+    """The typed form of the workload's JSON record."""
     results = raw.get("results") or []
     if not isinstance(results, list):
         raise WorkloadOutputError(f"'results' is {results!r}, not a list")

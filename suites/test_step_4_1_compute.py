@@ -19,10 +19,17 @@ def _report(runs: MatmulRuns, gpu: GpuInfo) -> numerics.WorkloadReport:
         fail(outcome.found, outcome.cause, outcome.fix)
     if outcome.diagnosis is not None and outcome.record is None:
         fail(outcome.diagnosis.found, outcome.diagnosis.cause, outcome.diagnosis.fix)
+    if outcome.record is None:
+        tail = outcome.result.stdout.strip()[-300:]
+        fail(f"the matmul workload printed no result: {tail!r}", "the workload crashed", "run it by hand")
     try:
-        report = numerics.parse_report(outcome.result.stdout)
+        report = numerics.report_from_record(outcome.record)
     except numerics.WorkloadOutputError as exc:
-        fail(f"the matmul workload printed no result: {exc}", "the workload crashed", "run it by hand")
+        fail(
+            f"the matmul workload printed an unreadable result: {exc}",
+            "the workload crashed",
+            "run it by hand",
+        )
     label = f"GPU {gpu.index} ({gpu.uuid})"
     whole = numerics.report_finding(report, label)
     if whole is not None:

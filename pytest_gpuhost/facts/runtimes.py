@@ -16,6 +16,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pytest_gpuhost.containers import diagnose_version_mismatch
 from pytest_gpuhost.diagnosis import Diagnosis
 from pytest_gpuhost.facts.docker_engine import EngineFacts
 from pytest_gpuhost.facts.model import GpuInfo
@@ -427,19 +428,15 @@ def _tail(result: CommandResult) -> str:
 
 
 def _inside_container(text: str) -> Diagnosis | None:
+    """Errors printed inside the container; only NVML's "Unknown Error" means something else here
+    than under Docker (no device nodes injected, rather than a cgroup lost after a daemon-reload)."""
     if "Failed to initialize NVML: Unknown Error" in text:
         return Diagnosis(
             "inside the container: Failed to initialize NVML: Unknown Error",
             "the container has the driver's libraries but not the GPUs' device nodes",
             "check that the hook or CDI spec injects /dev/nvidia*; regenerate the CDI spec",
         )
-    if "Driver/library version mismatch" in text:
-        return Diagnosis(
-            "inside the container: Driver/library version mismatch",
-            "the driver was upgraded without a reboot",
-            "reboot, or reload the nvidia kernel modules",
-        )
-    return None
+    return diagnose_version_mismatch(text)
 
 
 @dataclass(frozen=True)
