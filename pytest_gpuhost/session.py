@@ -308,6 +308,16 @@ class GpuhostSession:
 
     # -- hooks -------------------------------------------------------------------------------
 
+    @pytest.hookimpl(optionalhook=True, tryfirst=True)
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
+        """``--dist loadgroup`` over several hosts: group by host, which works on every pytest
+        (xdist's own ``@group`` suffix is lost under pytest 9.2)."""
+        if config.getvalue("dist") != "loadgroup" or len(self.hosts) < 2:
+            return None
+        from pytest_gpuhost.xdist_hosts import HostGroupScheduling
+
+        return HostGroupScheduling(config, log, [h.name for h in self.hosts])
+
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
         self.gather_all()
         lines = []

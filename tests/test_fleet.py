@@ -19,6 +19,7 @@ from conftest import GpuhostPytester
 from pytest_gpuhost.host import CommandResult
 from pytest_gpuhost.remote import TestinfraHost, diagnose_connection
 from pytest_gpuhost.session import render_fleet_table
+from pytest_gpuhost.xdist_hosts import host_in_nodeid
 
 FLEET_CHECKS = "test_fleet or test_step_1_1_hardware or test_step_2_1_driver or test_daemon_json_parses"
 NO_GPU = "no NVIDIA GPU"
@@ -110,15 +111,6 @@ def test_identity_file_that_ssh_refuses_is_diagnosed(gpuhost_pytester: GpuhostPy
     )
 
 
-# pytest 9.2 keeps node ids in a structured `_id`; pytest-xdist 3.8 still appends its "@group"
-# suffix to the old `_nodeid`, so `--dist loadgroup` groups nothing there (an upstream mismatch).
-LOADGROUP_WORKS = tuple(int(part) for part in pytest.__version__.split(".")[:2]) < (9, 2)
-
-
-@pytest.mark.skipif(
-    not LOADGROUP_WORKS,
-    reason="pytest-xdist 3.8's --dist loadgroup does not group under pytest >= 9.2 (it sets Item._nodeid)",
-)
 def test_parallel_run_keeps_each_host_on_one_worker(gpuhost_pytester: GpuhostPytester, lab: SshLab) -> None:
     lab.start("node1")
     lab.start("node2")
@@ -141,7 +133,7 @@ def test_parallel_run_keeps_each_host_on_one_worker(gpuhost_pytester: GpuhostPyt
     )
     workers: dict[str, set[str]] = {}
     for line in result.outlines:
-        # The host is in the test id; pytest 9.2 no longer shows xdist's "@group" suffix here.
+        # The host is in the test id (pytest 9.2 no longer shows xdist's "@group" suffix here).
         match = re.search(r"\[(gw\d)\] .*\[(node\d)[\]-]", line)
         if match:
             workers.setdefault(match.group(2), set()).add(match.group(1))
@@ -151,6 +143,22 @@ def test_parallel_run_keeps_each_host_on_one_worker(gpuhost_pytester: GpuhostPyt
 
 
 # -- units: no SSH server needed -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("nodeid", "host"),
+    [
+        ("suites/test_a.py::test_x[gpu1]", "gpu1"),
+        ("suites/test_a.py::test_x[gpu1-b-gpu0-1a2b3c4d]", "gpu1-b"),
+        ("suites/test_a.py::test_x[gpu1-gpu0-1a2b3c4d]", "gpu1"),
+        ("suites/test_a.py::test_x[float32-gpu1-gpu0-1a2b3c4d]", "gpu1"),
+        ("suites/test_a.py::test_x[node:2222]@node:2222", "node:2222"),
+        ("suites/test_a.py::test_x[gpu10]", None),
+        ("suites/test_a.py::test_x", None),
+    ],
+)
+def test_host_in_nodeid_finds_the_longest_matching_host(nodeid: str, host: str | None) -> None:
+    assert host_in_nodeid(nodeid, ["gpu1", "gpu1-b", "node:2222"]) == host
 
 
 class FakeBackend:
