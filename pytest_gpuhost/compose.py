@@ -11,9 +11,11 @@ are found by that prefix on the ``com.docker.compose.project`` label and swept.
 
 from __future__ import annotations
 
+import base64
 import re
 import secrets
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -277,17 +279,53 @@ def up_and_down(
 ) -> ComposeRun:
     """``up`` until ``service`` (or any container) exits, read its logs, and ``down -v`` in any case."""
     project = project or new_project_name()
-    base = [*compose.argv, "-p", project, "-f", str(file)]
     up_args = ["up", "--no-color", "--abort-on-container-exit"]
     if service:
         up_args += ["--exit-code-from", service]
     logs: CommandResult | None = None
-    try:
-        up = host.run([*base, *up_args], timeout=timeout)
-        logs = host.run([*base, "logs", "--no-color", *([service] if service else [])], timeout=60)
-    finally:
-        down = host.run([*base, "down", "-v", "--remove-orphans", "-t", "5"], timeout=120)
+    with file_on_host(host, file) as path:
+        base = [*compose.argv, "-p", project, "-f", path]
+        try:
+            up = host.run([*base, *up_args], timeout=timeout)
+            logs = host.run([*base, "logs", "--no-color", *([service] if service else [])], timeout=60)
+        finally:
+            down = host.run([*base, "down", "-v", "--remove-orphans", "-t", "5"], timeout=120)
     return ComposeRun(project, up, logs, down)
+
+
+@contextmanager
+def file_on_host(host: Host, file: str | Path) -> Iterator[str]:
+    """``file`` as a path on ``host``: itself locally, a temporary copy on a remote host.
+
+    The copy travels base64-encoded in the command line (compose files are small); files the
+    compose file refers to by relative path (build contexts, env files) are not copied.
+    """
+    from pytest_gpuhost.remote import is_remote
+
+    if not is_remote(host):
+        yield str(file)
+        return
+    data = base64.b64encode(Path(file).read_bytes()).decode()
+    name = Path(file).name
+    made = host.run(
+        ["sh", "-c", 'd=$(mktemp -d) && printf %s "$1" | base64 -d > "$d/$2" && echo "$d"', "sh", data, name],
+        timeout=30,
+    )
+    folder = made.stdout.strip()
+    if not made.ok or not folder.startswith("/"):
+        from pytest_gpuhost.containers import ContainerFailure
+
+        raise ContainerFailure(
+            Diagnosis(
+                f"cannot copy {file} to {host.name}: {made.describe()}",
+                "the host has no writable temporary directory, or no `base64` (coreutils)",
+                f"check `mktemp -d` and `base64 --version` on {host.name}",
+            )
+        )
+    try:
+        yield f"{folder}/{name}"
+    finally:
+        host.run(["rm", "-rf", "--", folder], timeout=30)
 
 
 def gpus_in_output(text: str) -> list[tuple[int, str, str]]:

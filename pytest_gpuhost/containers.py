@@ -359,8 +359,10 @@ class Containers:
         gpus: GpuRequest = NO_GPUS,
         volumes: Mapping[str, Mapping[str, str]] | None = None,
         environment: Mapping[str, str] | None = None,
+        files: bytes | None = None,
         **extra: Any,
     ) -> Iterator[RunningContainer]:
+        """A started container; ``files`` is a tar archive copied to ``/`` before it starts."""
         import docker
 
         if image not in self._images_ready:
@@ -384,6 +386,8 @@ class Containers:
                     **gpu_kwargs,
                     **extra,
                 )
+                if files is not None:
+                    container.put_archive("/", files)
                 container.start()
             except docker.errors.APIError as exc:
                 raise ContainerFailure(

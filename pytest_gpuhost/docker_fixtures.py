@@ -16,6 +16,7 @@ import pytest
 
 from pytest_gpuhost.diagnosis import Diagnosis
 from pytest_gpuhost.docker_client import DockerUnavailable, connect
+from pytest_gpuhost.docker_tunnel import TunnelError, open_remote_client
 from pytest_gpuhost.facts.docker_engine import EngineFacts, gather_engine
 from pytest_gpuhost.facts.model import Precondition
 from pytest_gpuhost.facts.toolkit import ToolkitFacts, gather_toolkit
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     import docker
 
 CHECK_DOCKER = "test_docker_daemon_answers"
-CONNECTION_KEY = pytest.StashKey["DockerConnection"]()
+CONNECTIONS_KEY = pytest.StashKey[dict[str, "DockerConnection"]]()
 
 
 @dataclass(frozen=True)
@@ -52,16 +53,34 @@ class DockerConnection:
         return self.client
 
 
-def docker_connection(config: pytest.Config, timeout: float) -> DockerConnection:
-    """Connect once per session; every later caller gets the same outcome."""
-    if CONNECTION_KEY not in config.stash:
-        docker_host = os.environ.get("DOCKER_HOST") or None
-        try:
-            connection = DockerConnection(connect(timeout), None, docker_host)
-        except DockerUnavailable as exc:
-            connection = DockerConnection(None, exc.diagnosis, docker_host)
-        config.stash[CONNECTION_KEY] = connection
-    return config.stash[CONNECTION_KEY]
+def docker_connection(config: pytest.Config, host: Host, timeout: float) -> DockerConnection:
+    """Connect once per host and session; every later caller gets the same outcome.
+
+    The local daemon is found as the docker CLI finds it (``DOCKER_HOST`` or the default socket);
+    a remote host's daemon through an SSH tunnel to its socket, closed when pytest ends.
+    """
+    connections = config.stash.setdefault(CONNECTIONS_KEY, {})
+    if host.name not in connections:
+        connections[host.name] = _remote(config, host, timeout) if is_remote(host) else _local(timeout)
+    return connections[host.name]
+
+
+def _local(timeout: float) -> DockerConnection:
+    docker_host = os.environ.get("DOCKER_HOST") or None
+    try:
+        return DockerConnection(connect(timeout), None, docker_host)
+    except DockerUnavailable as exc:
+        return DockerConnection(None, exc.diagnosis, docker_host)
+
+
+def _remote(config: pytest.Config, host: Host, timeout: float) -> DockerConnection:
+    """``docker_host`` is the socket as the host sees it: the engine's facts are the host's."""
+    try:
+        client, tunnel, path = open_remote_client(host, timeout)
+    except TunnelError as exc:
+        return DockerConnection(None, exc.diagnosis, None)
+    config.add_cleanup(tunnel.close)
+    return DockerConnection(client, None, f"unix://{path}")
 
 
 def install(config: pytest.Config) -> None:
@@ -75,12 +94,8 @@ def install(config: pytest.Config) -> None:
 def gpuhost_docker_connection(
     pytestconfig: pytest.Config, gpuhost_settings: Settings, gpuhost_host: Host
 ) -> DockerConnection:
-    """The local daemon; a remote host's daemon is not reached yet, so its Docker checks skip."""
-    if is_remote(gpuhost_host):
-        from pytest_gpuhost.session import REMOTE_CONTAINER_SKIP
-
-        pytest.skip(REMOTE_CONTAINER_SKIP.replace("container checks", "Docker checks"))
-    return docker_connection(pytestconfig, gpuhost_settings.timeout)
+    """The host's daemon: the local one, or a remote host's through an SSH tunnel."""
+    return docker_connection(pytestconfig, gpuhost_host, gpuhost_settings.timeout)
 
 
 @pytest.fixture(scope="session")

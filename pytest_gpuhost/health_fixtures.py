@@ -34,7 +34,6 @@ from pytest_gpuhost.facts.health import (
 from pytest_gpuhost.facts.model import GpuInfo, HostFacts
 from pytest_gpuhost.host import Host
 from pytest_gpuhost.options import TIERS
-from pytest_gpuhost.remote import is_remote
 from pytest_gpuhost.settings import Settings
 from pytest_gpuhost.timeouts import NativeCallTimeout, call_with_timeout
 
@@ -104,8 +103,8 @@ def gpuhost_gpu_load(
     checks read the GPU at idle: a lower PCIe generation is then only a note (idle links slow
     down), a narrower link still fails.
     """
-    if gpuhost_settings.tier_rank() < TIERS.index("container") or is_remote(gpuhost_host):
-        return None  # a remote host gets no container yet: its checks read at idle
+    if gpuhost_settings.tier_rank() < TIERS.index("container"):
+        return None
     from pytest_gpuhost.workload_fixtures import container_load
 
     probe = request.getfixturevalue("gpuhost_gpu_container")

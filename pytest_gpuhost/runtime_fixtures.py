@@ -7,8 +7,6 @@ warnings and diagnoses.
 
 from __future__ import annotations
 
-import getpass
-import os
 from dataclasses import dataclass
 
 import pytest
@@ -21,12 +19,14 @@ from pytest_gpuhost.facts.runtimes import (
     DEFAULTS_SCRIPT,
     AccessPath,
     ContainerDefaults,
+    LoginUser,
     RuntimeTool,
     access_path,
     parse_container_defaults,
     probe_runtime,
 )
 from pytest_gpuhost.host import Host
+from pytest_gpuhost.remote import is_remote
 from pytest_gpuhost.settings import Settings
 
 CHECK_DEFAULTS = "test_container_shm_size"
@@ -78,17 +78,24 @@ def gpuhost_container_defaults(gpuhost_containers: Containers, gpuhost_settings:
 
 
 @pytest.fixture(scope="session")
-def gpuhost_daemon_access(gpuhost_engine: EngineFacts) -> AccessPath:
-    """How the user running the suite reaches the daemon: root, docker group, rootless, remote, other."""
-    return access_path(os.getuid(), {os.getgid(), *os.getgroups()}, gpuhost_engine)
+def gpuhost_login(gpuhost_host: Host, gpuhost_settings: Settings) -> LoginUser:
+    """The user whose containers these are: this process's user, or the SSH login on a remote host."""
+    if not is_remote(gpuhost_host):
+        return LoginUser.of_this_process()
+    return LoginUser.on_host(gpuhost_host, gpuhost_settings.timeout)
 
 
 @pytest.fixture(scope="session")
-def gpuhost_local_user() -> str:
-    try:
-        return f"user {getpass.getuser()} (uid {os.getuid()})"
-    except (KeyError, OSError):
-        return f"uid {os.getuid()}"
+def gpuhost_daemon_access(gpuhost_engine: EngineFacts, gpuhost_login: LoginUser) -> AccessPath:
+    """How the user running the suite reaches the daemon: root, docker group, rootless, remote, other."""
+    if gpuhost_login.uid is None:
+        return AccessPath("other", f"the login user's id cannot be read: {gpuhost_login.name}")
+    return access_path(gpuhost_login.uid, set(gpuhost_login.groups), gpuhost_engine)
+
+
+@pytest.fixture(scope="session")
+def gpuhost_local_user(gpuhost_login: LoginUser) -> str:
+    return gpuhost_login.describe()
 
 
 @pytest.fixture(scope="session")

@@ -27,8 +27,8 @@ from pytest_gpuhost.workload_runner import (
     WorkloadOutcome,
     run_workload,
     workload_command,
+    workload_files,
     workload_image,
-    workload_volumes,
 )
 
 MATMUL_DTYPES = ("float64", "float32", "tf32", "bfloat16", "float16")
@@ -100,7 +100,7 @@ def container_load(
             argv,
             check="gpu-load",
             gpus=GpuRequest((gpu,)),
-            volumes=workload_volumes(),
+            files=workload_files(),
         ) as running:
             log = burn_workload.WorkloadLog()
             deadline = time.monotonic() + LOAD_START_TIMEOUT_S
@@ -132,7 +132,7 @@ def _container_launcher(
             argv,
             check="burn",
             gpus=GpuRequest(gpus),
-            volumes=workload_volumes(),
+            files=workload_files(),
         ) as running:
 
             def lines() -> Iterator[str]:

@@ -1,12 +1,16 @@
 """Running the shipped workload scripts inside containers, with the image's own Python.
 
-The scripts in ``pytest_gpuhost/workloads`` are standalone: the folder is mounted read-only at
-``/gpuhost/workloads`` and each script prints JSON on stdout.
+The scripts in ``pytest_gpuhost/workloads`` are standalone: they are copied into each container
+at ``/gpuhost/workloads`` before it starts (through the Docker API, so a remote host needs no
+copy of the package) and each prints JSON on stdout.
 """
 
 from __future__ import annotations
 
+import functools
+import io
 import json
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +28,22 @@ def workload_image(settings: Settings) -> str:
     return settings.workload_image or settings.image
 
 
-def workload_volumes() -> dict[str, dict[str, str]]:
-    return {str(WORKLOADS_DIR): {"bind": MOUNT_POINT, "mode": "ro"}}
+@functools.cache
+def workload_files() -> bytes:
+    """The workload scripts as a tar archive to extract at ``/``: readable by any user of the image."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        parts = MOUNT_POINT.strip("/").split("/")
+        for depth in range(1, len(parts) + 1):
+            folder = tarfile.TarInfo("/".join(parts[:depth]))
+            folder.type, folder.mode = tarfile.DIRTYPE, 0o755
+            archive.addfile(folder)
+        for script in sorted(WORKLOADS_DIR.glob("*.py")):
+            data = script.read_bytes()
+            entry = tarfile.TarInfo(f"{MOUNT_POINT.strip('/')}/{script.name}")
+            entry.size, entry.mode = len(data), 0o644
+            archive.addfile(entry, io.BytesIO(data))
+    return buffer.getvalue()
 
 
 def workload_command(settings: Settings, script: str, *args: str) -> list[str]:
@@ -120,7 +138,7 @@ def run_workload(
             check=check,
             timeout=timeout,
             gpus=gpus,
-            volumes=workload_volumes(),
+            files=workload_files(),
             environment=environment,
         )
     except ContainerFailure as exc:

@@ -90,9 +90,12 @@ def test_compose_service_sees_gpus(
         pytest.skip(f"no service in {file} reserves a GPU")
     reservation = reservations[0]
     sweep_projects(client)
-    run = up_and_down(
-        gpuhost_host, compose, file, reservation.service, timeout=max(300.0, gpuhost_settings.timeout)
-    )
+    try:
+        run = up_and_down(
+            gpuhost_host, compose, file, reservation.service, timeout=max(300.0, gpuhost_settings.timeout)
+        )
+    except ContainerFailure as exc:  # the compose file could not be copied to a remote host
+        fail_with(exc.diagnosis)
     print(
         f"gpuhost.metric compose.command={compose.name!r} compose.version={compose.version} compose.project={run.project}"
     )

@@ -14,8 +14,8 @@ from pytest_gpuhost.settings import Settings
 from pytest_gpuhost.workload_runner import (
     last_json_object,
     workload_command,
+    workload_files,
     workload_image,
-    workload_volumes,
 )
 
 pytestmark = [pytest.mark.container, pytest.mark.gpuhost_needs("gpu_listing")]
@@ -49,7 +49,7 @@ def test_custom_image_sees_the_gpus(
             check="test_custom_image_sees_the_gpus",
             timeout=300.0,
             gpus=ALL_GPUS,
-            volumes=workload_volumes(),
+            files=workload_files(),
         )
     except ContainerFailure as exc:
         fail(exc.diagnosis.found, exc.diagnosis.cause, exc.diagnosis.fix)

@@ -62,8 +62,9 @@ class SshLab:
         self.authorized_keys.write_text(Path(f"{self.client_key}.pub").read_text())
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
 
-    def start(self, name: str) -> int:
-        """Start one server; ``name`` becomes its host alias in the ssh config."""
+    def start(self, name: str, **overrides: str) -> int:
+        """Start one server; ``name`` becomes its host alias in the ssh config. ``overrides`` are
+        sshd_config options (``AllowStreamLocalForwarding="no"``)."""
         assert SSHD is not None
         host_key = keygen(self.root / f"host-{name}")
         port = free_port()
@@ -80,6 +81,7 @@ class SshLab:
             "MaxSessions": "64",
             "MaxStartups": "64",
             "LogLevel": "ERROR",
+            **overrides,
         }
         argv = [SSHD, "-D", "-e", "-f", "/dev/null"]
         for key, value in options.items():

@@ -20,9 +20,11 @@ from dockerlab import client_or_skip, run_suite, second_dockerd
 
 from pytest_gpuhost.facts.docker_engine import (
     EngineFacts,
+    daemon_pids,
     find_daemon_process,
     parse_engine,
     read_socket,
+    read_socket_on,
     version_tuple,
 )
 from pytest_gpuhost.facts.toolkit import (
@@ -378,3 +380,21 @@ def test_user_outside_docker_group_gets_a_diagnosis(
     assert "needs docker: test_docker_daemon_answers failed: permission denied" in output
     assert "1 failed, 1 skipped" in output
     assert "Traceback" not in output
+
+
+class _LocalAsRemote(LocalHost):
+    """This machine, taking the remote path of the code (one command instead of many reads)."""
+
+    remote = True
+
+
+def test_the_socket_stat_through_a_host_command_matches_the_local_stat(unix_socket: str) -> None:
+    os.chmod(unix_socket, 0o660)
+    local = read_socket(unix_socket)
+    remote = read_socket_on(LocalHost(), unix_socket)
+    assert remote == local
+    assert not read_socket_on(LocalHost(), "/nonexistent/docker.sock").exists
+
+
+def testdaemon_pids_of_a_remote_host_match_the_local_scan() -> None:
+    assert sorted(daemon_pids(_LocalAsRemote())) == sorted(daemon_pids(LocalHost()))

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from docker_support import busybox_image, docker_client_or_skip
 from sshd_support import SshLab, sshd_or_skip
 
 from conftest import GpuhostPytester
+from pytest_gpuhost.docker_tunnel import diagnose_remote_socket, ssh_base_argv
 from pytest_gpuhost.host import CommandResult
 from pytest_gpuhost.remote import TestinfraHost, diagnose_connection
 from pytest_gpuhost.session import render_fleet_table
@@ -64,7 +67,7 @@ def test_two_hosts_over_ssh_name_their_hosts_and_fail_without_gpu(
         assert seen[f"test_nvidia_gpus_on_pci_bus[{node}]"] == "FAILED"
         assert seen[f"test_nvidia_smi_runs[{node}]"] == "SKIPPED"
         assert seen[f"test_gpu_device_node[{node}-no-gpu]"] == "SKIPPED"
-        assert seen[f"test_daemon_json_parses[{node}]"] == "SKIPPED"
+        assert seen[f"test_daemon_json_parses[{node}]"] == "PASSED"  # through the host's Docker tunnel
     result.stdout.fnmatch_lines(
         [
             f"FAILED test_nvidia_gpus_on_pci_bus[[]node1[]]: {NO_GPU}*",
@@ -72,7 +75,6 @@ def test_two_hosts_over_ssh_name_their_hosts_and_fail_without_gpu(
         ]
     )
     result.stdout.fnmatch_lines(["*gpuhost: fleet (passed/failed/skipped)*", "host*fleet*", "node1  1/0/0*"])
-    result.stdout.fnmatch_lines(["*Docker checks on remote hosts: not yet supported*"])
     document = json.loads(report.read_text())
     assert [h["host"] for h in document["hosts"]] == ["node1", "node2"]
     assert set(document["summary"]["table"]) == {"node1", "node2"}
@@ -140,6 +142,57 @@ def test_parallel_run_keeps_each_host_on_one_worker(gpuhost_pytester: GpuhostPyt
     assert set(workers) == {"node1", "node2"}, result.stdout.str()
     assert all(len(w) == 1 for w in workers.values()), workers
     assert result.parseoutcomes()["failed"] == 2  # test_nvidia_gpus_on_pci_bus on each host
+
+
+# Checks of the Docker daemon: through the SSH tunnel they must see what a local run sees, since
+# both reach the same daemon here.
+DOCKER_CHECKS = (
+    "test_step_2_2_docker or test_container_shm_size or test_container_memlock_ulimit "
+    "or test_docker_access_path or test_container_sees_all_gpus"
+)
+
+
+def outcomes_by_check(result: pytest.RunResult) -> dict[str, str]:
+    """``test_x`` (host parameter dropped) to its outcome, from ``-v`` lines."""
+    found = {}
+    for line in result.outlines:
+        match = re.search(r"::(\w+)(?:\[[^\]]*\])?(?:@\S+)? (PASSED|FAILED|SKIPPED|ERROR)", line)
+        if match:
+            found[match.group(1)] = match.group(2)
+    return found
+
+
+def test_docker_checks_agree_locally_and_over_ssh(gpuhost_pytester: GpuhostPytester, lab: SshLab) -> None:
+    image = busybox_image(docker_client_or_skip())
+    lab.start("node1")
+    args = ["--gpuhost", "--gpuhost-tier", "container", "--gpuhost-image", image, "--gpuhost-pull", "never"]
+    args += ["-k", DOCKER_CHECKS, "-v"]
+    local = gpuhost_pytester.runpytest(*args)
+    remote = gpuhost_pytester.runpytest("-p", "testinfra.plugin", *args, "-rP", *lab.args("node1"))
+    seen_locally, seen_remotely = outcomes_by_check(local), outcomes_by_check(remote)
+    seen_remotely.pop("test_host_reachable", None)
+    assert seen_remotely == seen_locally, remote.stdout.str()
+    assert seen_remotely["test_container_sees_all_gpus"] == "SKIPPED"  # no GPU on this machine
+    for check in ("test_docker_daemon_answers", "test_docker_versions", "test_container_shm_size"):
+        assert seen_remotely[check] == "PASSED"
+    remote.stdout.fnmatch_lines(["*gpuhost.metric docker.engine=*"])
+    remote.stdout.no_fnmatch_line("*Traceback*")
+    assert not list(Path(tempfile.gettempdir()).glob("gpuhost-docker-*")), "a tunnel outlived the run"
+
+
+def test_sshd_that_forbids_socket_forwarding_is_diagnosed(
+    gpuhost_pytester: GpuhostPytester, lab: SshLab
+) -> None:
+    docker_client_or_skip()
+    lab.start("node1", AllowStreamLocalForwarding="no")
+    result = run_fleet(gpuhost_pytester, *lab.args("node1"), "-k", "test_docker_daemon_answers", "-v")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "FOUND: node1: the Docker daemon does not answer through the SSH tunnel to /var/run/docker.sock*",
+            "FIX:*AllowStreamLocalForwarding yes*",
+        ]
+    )
 
 
 # -- units: no SSH server needed -----------------------------------------------------------------
@@ -266,3 +319,54 @@ def test_fake_fleet_ids_name_host_and_gpu(gpuhost_pytester: GpuhostPytester, tmp
     document = json.loads(report.read_text())
     assert {r["host"] for r in document["results"]} == {"gpu01", "gpu02"}
     result.assert_outcomes(passed=len(seen))
+
+
+def test_the_docker_tunnel_uses_testinfras_ssh_options_after_its_own() -> None:
+    import testinfra
+
+    backend_host = testinfra.get_host(
+        "ssh://alice@gpu01:2222",
+        ssh_config="/etc/fleet/ssh_config",
+        ssh_identity_file="/etc/fleet/id",
+        ssh_extra_args="-o ControlPath=/tmp/shared",
+    )
+    argv = ssh_base_argv(TestinfraHost(backend_host, "gpu01:2222", "ssh://alice@gpu01:2222"))
+    assert argv is not None and argv[0] == "ssh" and argv[-1] == "gpu01"
+    joined = " ".join(argv)
+    for expected in ("-F /etc/fleet/ssh_config", "-o User=alice", "-o Port=2222", "-i /etc/fleet/id"):
+        assert expected in joined
+    # ssh keeps an option's first value: the tunnel's own connection wins over a shared master.
+    assert joined.index("ControlPath=none") < joined.index("ControlPath=/tmp/shared")
+    local = testinfra.get_host("local://")
+    assert ssh_base_argv(TestinfraHost(local, "here", "local://")) is None
+
+
+@pytest.mark.parametrize(
+    ("probe", "found", "fix"),
+    [
+        (
+            FakeResult(3),
+            "gpu01: no Docker daemon socket at /var/run/docker.sock",
+            "systemctl enable --now docker",
+        ),
+        (
+            FakeResult(4),
+            "gpu01: ops may not use the Docker socket /var/run/docker.sock",
+            "sudo usermod -aG docker ops",
+        ),
+        (
+            FakeResult(0),
+            "the Docker daemon does not answer through the SSH tunnel",
+            "AllowStreamLocalForwarding",
+        ),
+    ],
+)
+def test_a_daemon_that_does_not_answer_through_the_tunnel_is_diagnosed_on_the_host(
+    probe: FakeResult, found: str, fix: str
+) -> None:
+    fake = FakeTestinfra({"sh /var/run/docker.sock": probe, "id -un": FakeResult(0, "ops\n")})
+    diagnosis = diagnose_remote_socket(
+        TestinfraHost(fake, "gpu01", "ssh://gpu01"), "/var/run/docker.sock", 10, "Connection aborted"
+    )
+    assert found in diagnosis.found
+    assert fix in diagnosis.fix

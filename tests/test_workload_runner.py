@@ -9,7 +9,14 @@ from docker_support import busybox_image, docker_client_or_skip
 from pytest_gpuhost.containers import NO_GPUS, ContainerFailure, ContainerResult, Containers
 from pytest_gpuhost.host import LocalHost
 from pytest_gpuhost.settings import Settings
-from pytest_gpuhost.workload_runner import diagnose_workload, last_json_object, run_workload
+from pytest_gpuhost.workload_runner import (
+    MOUNT_POINT,
+    WORKLOADS_DIR,
+    diagnose_workload,
+    last_json_object,
+    run_workload,
+    workload_files,
+)
 
 
 @pytest.fixture(scope="module")
@@ -65,3 +72,19 @@ def test_a_killed_workload_is_a_timeout_diagnosis() -> None:
 
 def test_a_good_record_needs_no_diagnosis() -> None:
     assert diagnose_workload(result('{"results": []}'), {"results": []}, "img", "python3") is None
+
+
+def test_the_workload_scripts_reach_the_container_through_the_api(client: docker.DockerClient) -> None:
+    """Copied, not bind-mounted: a remote daemon has no copy of the package. Any user may read them."""
+    image = busybox_image(client)
+    containers = Containers(client, LocalHost(), "devices", "never")
+    result = containers.run(
+        image,
+        ["cat", f"{MOUNT_POINT}/matmul.py"],
+        check="t",
+        timeout=60,
+        files=workload_files(),
+        user="65534:65534",
+    )
+    assert result.ok, result.stderr
+    assert result.stdout == (WORKLOADS_DIR / "matmul.py").read_text()

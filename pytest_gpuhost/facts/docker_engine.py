@@ -92,6 +92,28 @@ def read_socket(path: str, stat_fn: Callable[[str], os.stat_result] = os.stat) -
     )
 
 
+def read_socket_on(host: Host, path: str, timeout: float = 10.0) -> SocketInfo:
+    """Stat the daemon's socket on a remote host with coreutils ``stat`` (mode in hex, ids, names)."""
+    result = host.run(["stat", "-L", "-c", "%f %u %g %U %G", "--", path], timeout=timeout)
+    fields = result.stdout.split() if result.ok else []
+    if len(fields) != 5:
+        if "No such file" in result.stderr:
+            return SocketInfo(path, exists=False)
+        return SocketInfo(path, exists=True, error=f"cannot stat {path} on {host.name}: {result.describe()}")
+    raw_mode, uid, gid, owner, group = fields
+    mode = int(raw_mode, 16)
+    return SocketInfo(
+        path,
+        exists=True,
+        mode=stat.S_IMODE(mode),
+        uid=int(uid),
+        gid=int(gid),
+        owner=None if owner == "UNKNOWN" else owner,
+        group=None if group == "UNKNOWN" else group,
+        is_socket=stat.S_ISSOCK(mode),
+    )
+
+
 @dataclass(frozen=True)
 class DaemonProcess:
     """A running ``dockerd``: where its executable is and how it was started."""
@@ -132,16 +154,34 @@ def _same_socket(a: str, b: str) -> bool:
     return norm(a) == norm(b)
 
 
-def list_daemon_processes(host: Host) -> list[DaemonProcess]:
-    """Every ``dockerd`` in ``/proc`` that this user may see."""
-    found = []
+def daemon_pids(host: Host) -> list[str]:
+    """Pids whose command name is a Docker daemon's. A remote host answers in one command, not
+    one per process."""
+    from pytest_gpuhost.remote import is_remote
+
+    if is_remote(host):
+        names = "|".join(DAEMON_NAMES)
+        script = f'for p in /proc/[0-9]*; do case "$(cat "$p/comm" 2>/dev/null)" in {names}) echo "${{p#/proc/}}";; esac; done'
+        result = host.run(["sh", "-c", script], timeout=30)
+        return result.stdout.split() if result.ok else []
+    pids = []
     for entry in host.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             comm = (host.read_text(f"/proc/{entry}/comm") or "").strip()
-            if comm not in DAEMON_NAMES:
-                continue
+        except OSError:
+            continue  # the process ended, or hidepid
+        if comm in DAEMON_NAMES:
+            pids.append(entry)
+    return pids
+
+
+def list_daemon_processes(host: Host) -> list[DaemonProcess]:
+    """Every ``dockerd`` in ``/proc`` that this user may see."""
+    found = []
+    for entry in daemon_pids(host):
+        try:
             raw = host.read_text(f"/proc/{entry}/cmdline") or ""
         except OSError:
             continue  # the process ended, or hidepid
@@ -301,8 +341,10 @@ def parse_engine(
 def gather_engine(
     client: docker.DockerClient, host: Host, timeout: float, docker_host: str | None = None
 ) -> EngineFacts:
-    """Ask the daemon, then look at its socket and process from this machine."""
+    """Ask the daemon, then look at its socket and process on ``host``."""
     import docker as docker_sdk
+
+    from pytest_gpuhost.remote import is_remote
 
     version = call_with_timeout(client.version, timeout, "docker version")
     info = call_with_timeout(client.info, timeout, "docker info")
@@ -312,7 +354,9 @@ def gather_engine(
         info,
         docker_host=docker_host,
         sdk_version=getattr(docker_sdk, "__version__", None),
-        socket=read_socket(path) if path else None,
+        socket=(read_socket_on(host, path, timeout) if is_remote(host) else read_socket(path))
+        if path
+        else None,
         process=find_daemon_process(host, path),
     )
 

@@ -9,6 +9,8 @@ mapped to a diagnosis like the Docker daemon's refusals are.
 
 from __future__ import annotations
 
+import getpass
+import os
 import re
 import shlex
 import stat
@@ -358,6 +360,38 @@ class AccessPath:
 
     kind: str
     detail: str
+
+
+@dataclass(frozen=True)
+class LoginUser:
+    """Who runs the suite's containers on the host: a uid, its groups, and a name to show."""
+
+    name: str
+    uid: int | None
+    groups: tuple[int, ...] = ()
+    where: str = ""
+
+    def describe(self) -> str:
+        place = f" on {self.where}" if self.where else ""
+        return f"user {self.name} (uid {self.uid}){place}" if self.uid is not None else self.name + place
+
+    @classmethod
+    def of_this_process(cls) -> LoginUser:
+        try:
+            name = getpass.getuser()
+        except (KeyError, OSError):
+            name = f"uid {os.getuid()}"
+        return cls(name, os.getuid(), tuple(sorted({os.getgid(), *os.getgroups()})))
+
+    @classmethod
+    def on_host(cls, host: Host, timeout: float) -> LoginUser:
+        """The SSH login's ids, from ``id`` on the host."""
+        result = host.run(["sh", "-c", "id -un; id -u; id -G"], timeout=timeout)
+        lines = result.stdout.split("\n") if result.ok else []
+        if len(lines) < 3 or not lines[1].strip().isdigit():
+            return cls(f"unknown ({result.describe()})", None, (), host.name)
+        groups = tuple(int(g) for g in lines[2].split() if g.isdigit())
+        return cls(lines[0].strip(), int(lines[1]), groups, host.name)
 
 
 def access_path(uid: int, groups: Collection[int], engine: EngineFacts) -> AccessPath:
