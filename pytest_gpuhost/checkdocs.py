@@ -43,6 +43,8 @@ NEEDS_TEXT = {
     "nvml": "NVML initialises (`test_nvml_initialises`)",
     "nvidia_smi": "`nvidia-smi` runs (`test_nvidia_smi_runs`)",
     "gpu_listing": "NVML or `nvidia-smi` lists at least one GPU (`test_nvml_initialises`, `test_nvidia_smi_runs`)",
+    "telemetry": "the GPUs can be watched: NVML where pytest runs (`test_nvml_initialises`), "
+    "`nvidia-smi` on a remote host (`test_nvidia_smi_runs`)",
 }
 # Where a check's diagnoses reach it as data (a fixture's outcome) rather than through a call.
 EXTRA_SOURCES: dict[str, tuple[str, ...]] = {

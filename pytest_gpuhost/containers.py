@@ -418,7 +418,8 @@ def _pid_alive(pid: int) -> bool:
 
 
 def sweep(client: docker.DockerClient, own_session_only: bool = False) -> list[str]:
-    """Remove the suite's leftover containers; keep those of other live sessions on this host."""
+    """Remove the suite's leftover containers; keep those of other live sessions on this machine,
+    and the running ones that another machine started."""
     import docker
 
     removed: list[str] = []
@@ -428,10 +429,15 @@ def sweep(client: docker.DockerClient, own_session_only: bool = False) -> list[s
         session = labels.get(LABEL_SESSION, "")
         if own_session_only and session != me:
             continue
-        if not own_session_only and session != me and labels.get(LABEL_HOSTNAME) == socket.gethostname():
-            pid = labels.get(LABEL_PID, "")
-            if pid.isdigit() and _pid_alive(int(pid)):
-                continue  # another live pytest on this host (an xdist worker) still owns it
+        if not own_session_only and session != me:
+            if labels.get(LABEL_HOSTNAME) == socket.gethostname():
+                pid = labels.get(LABEL_PID, "")
+                if pid.isdigit() and _pid_alive(int(pid)):
+                    continue  # another live pytest on this machine (an xdist worker) still owns it
+            elif container.status == "running":
+                # Another control machine's run on this host (a fleet checked from two places):
+                # its liveness cannot be seen from here; a workload ends at its own deadline.
+                continue
         try:
             container.remove(force=True)
             removed.append(str(container.name))

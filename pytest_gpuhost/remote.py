@@ -247,7 +247,7 @@ def unreachable_facts(name: str, reachable: Precondition) -> HostFacts:
     nothing = KernelFacts(frozenset(), None, reachable.reason, None, frozenset())
     preconditions = {
         need: Precondition(need, ok=False, check=reachable.check, reason=reachable.reason)
-        for need in ("gpu_present", "driver", "nvml", "nvidia_smi", "gpu_listing")
+        for need in ("gpu_present", "driver", "nvml", "nvidia_smi", "gpu_listing", "telemetry")
     }
     preconditions["reachable"] = reachable
     return HostFacts(

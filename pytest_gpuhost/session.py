@@ -38,10 +38,6 @@ SESSION_KEY = pytest.StashKey["GpuhostSession"]()
 NEEDS_MARKER = "gpuhost_needs"
 TARGET = "gpuhost_target"
 FACTS_KEY = "gpuhost_facts"
-REMOTE_BURN_SKIP = (
-    "the burn on a remote host: its temperature guard reads NVML 10 times a second, and NVML answers "
-    "only on the machine pytest runs on; run the burn tier on the node (docs/fleets.md)"
-)
 TIER_HELP = {
     "quick": "gpuhost tier: facts and files only, finishes in seconds",
     "container": "gpuhost tier: starts containers on the host",
@@ -394,9 +390,6 @@ class GpuhostSession:
             is_probe = getattr(item, "originalname", item.name) == CHECK_REACHABLE
             if reachable is not None and not reachable.ok and not is_probe:
                 pytest.skip(f"needs reachable: {reachable.check} failed: {reachable.reason}")
-            tiers = {m.name for m in item.iter_markers() if m.name in TIERS}
-            if is_remote(self.host_named(target)) and "burn" in tiers:
-                pytest.skip(REMOTE_BURN_SKIP)
         for marker in item.iter_markers(NEEDS_MARKER):
             for name in marker.args:
                 pre = facts.preconditions[name]

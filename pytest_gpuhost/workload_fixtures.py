@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,8 +21,10 @@ from pytest_gpuhost.container_fixtures import GpuContainerProbe
 from pytest_gpuhost.containers import ContainerFailure, Containers, GpuRequest
 from pytest_gpuhost.diagnosis import Diagnosis
 from pytest_gpuhost.facts.model import GpuInfo, HostFacts
+from pytest_gpuhost.host import Host
 from pytest_gpuhost.options import FAULT_SWITCH
-from pytest_gpuhost.session import SESSION_KEY
+from pytest_gpuhost.remote import is_remote
+from pytest_gpuhost.session import select_gpus
 from pytest_gpuhost.settings import Settings
 from pytest_gpuhost.workload_runner import (
     WorkloadOutcome,
@@ -157,9 +160,15 @@ def gpuhost_burn(
 ) -> BurnOutcome:
     """One burn of every selected GPU at once, in a container or on the host (``--gpuhost-burn-on``)."""
     settings = gpuhost_settings
-    gpus = request.config.stash[SESSION_KEY].selected_gpus()
+    gpus = select_gpus(gpuhost_facts.gpus, settings.gpus)  # this host's, in a fleet run
     seconds = settings.burn_seconds or 60.0
+    host: Host = request.getfixturevalue("gpuhost_host")
+    telemetry = remote_telemetry(host, gpus, seconds, settings.timeout) if is_remote(host) else None
     if settings.burn_on == "host":
+        if is_remote(host):
+            pytest.skip(
+                "--gpuhost-burn-on host runs the workload where pytest runs: burn a remote host in a container"
+            )
         argv = burn_workload.command(seconds, [g.index for g in gpus], python=sys.executable)
         launcher: Launcher = host_process
         in_container = False
@@ -181,4 +190,21 @@ def gpuhost_burn(
         in_container=in_container,
         ramp_s=min(15.0, seconds / 4),
         host_label=gpuhost_facts.host,
+        telemetry=telemetry,
     )
+
+
+def remote_telemetry(
+    host: Host, gpus: Sequence[GpuInfo], seconds: float, timeout: float
+) -> Callable[[], Any]:
+    """The burn sampler's telemetry on a remote host: an ``nvidia-smi`` stream over SSH."""
+    from pytest_gpuhost.burn.run import SETUP_MARGIN_S
+    from pytest_gpuhost.burn.smi_stream import SmiStream, event_field
+    from pytest_gpuhost.docker_tunnel import ssh_base_argv
+
+    base = ssh_base_argv(host)
+    if base is None:
+        pytest.skip(f"the burn on {host.name}: its telemetry streams over SSH; name the host as ssh://")
+    field = event_field(host.run, timeout)
+    prefix = [*base[:-1], "-T", base[-1]]
+    return lambda: SmiStream(prefix, gpus, event_field=field, max_seconds=seconds + SETUP_MARGIN_S + 120)

@@ -8,7 +8,7 @@ from pytest_gpuhost.burn.run import BurnOutcome
 from pytest_gpuhost.diagnosis import fail
 from pytest_gpuhost.facts.model import GpuInfo
 
-pytestmark = [pytest.mark.burn, pytest.mark.gpuhost_needs("nvml", "gpu_listing")]
+pytestmark = [pytest.mark.burn, pytest.mark.gpuhost_needs("telemetry", "gpu_listing")]
 
 CRITERIA = ("telemetry", "temperature", "slowdown", "clock-events", "fan", "load", "verification")
 

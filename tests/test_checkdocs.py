@@ -65,7 +65,7 @@ def test_metadata_of_known_checks(checks: list[CheckDoc]) -> None:
     by_name = {c.name: c for c in checks}
     burn = by_name["test_burn"]
     assert (burn.step, burn.title, burn.tier, burn.per_gpu) == ("1.2", "burn", "burn", True)
-    assert burn.needs == ("nvml", "gpu_listing")
+    assert burn.needs == ("telemetry", "gpu_listing")
     assert burn.params[0][0] == "criterion" and "temperature" in (burn.params[0][1] or ())
     compose = by_name["test_compose_gpu_reservations_valid"]
     assert (compose.tier, compose.per_gpu) == ("quick", False)

@@ -157,19 +157,39 @@ def test_pull_always_falls_back_to_the_local_copy_offline(client: docker.DockerC
     ensure_image(client, image, "always")
 
 
-def _labelled(client: docker.DockerClient, image: str, pid: int, check: str) -> None:
-    client.containers.create(
+def _labelled(
+    client: docker.DockerClient, image: str, pid: int, check: str, hostname: str = "", start: bool = False
+) -> None:
+    hostname = hostname or socket.gethostname()
+    container = client.containers.create(
         image,
         ["sleep", "60"],
         network_mode="none",
         labels={
             LABEL_OWNER: "1",
-            LABEL_SESSION: f"{socket.gethostname()}:{pid}",
-            LABEL_HOSTNAME: socket.gethostname(),
+            LABEL_SESSION: f"{hostname}:{pid}",
+            LABEL_HOSTNAME: hostname,
             LABEL_PID: str(pid),
             LABEL_CHECK: check,
         },
     )
+    if start:
+        container.start()
+
+
+def test_sweep_keeps_what_another_machine_runs_on_this_daemon(
+    client: docker.DockerClient, image: str
+) -> None:
+    """A fleet checked from two control machines: neither removes the other's running workload."""
+    _labelled(client, image, 1, "other-running", hostname="controller-b", start=True)
+    _labelled(client, image, 1, "other-leftover", hostname="controller-b")
+    try:
+        sweep(client)
+        assert ours(client, "other-running") != []
+        assert ours(client, "other-leftover") == []
+    finally:
+        for container in client.containers.list(all=True, filters={"label": f"{LABEL_CHECK}=other-running"}):
+            container.remove(force=True)
 
 
 def test_sweep_removes_leftovers_of_dead_sessions_only(client: docker.DockerClient, image: str) -> None:

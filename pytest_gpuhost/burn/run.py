@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pytest_gpuhost.burn import series, workload
 from pytest_gpuhost.burn.criteria import Thresholds, Verdict, evaluate, summary_line
@@ -102,9 +103,11 @@ def run_burn(
     in_container: bool,
     ramp_s: float = 15.0,
     host_label: str = "",
+    telemetry: Callable[[], Any] | None = None,
 ) -> BurnOutcome:
     """Burn ``gpus`` for ``seconds`` and judge each one. ``argv`` addresses the GPUs as the
-    workload sees them: 0..k-1 in a container, NVML indices on the host."""
+    workload sees them: 0..k-1 in a container, NVML indices on the host. ``telemetry`` gives the
+    sampler its pynvml (a remote host's nvidia-smi stream); None is this machine's NVML."""
     outcome = BurnOutcome()
     guard = TemperatureGuard(limit_c=temp_limit_c)
     stoppers: list[Callable[[], None]] = []
@@ -117,11 +120,14 @@ def run_burn(
             stop_workload()
 
     try:
-        sampler = Sampler([g.index for g in gpus], stop, guard=guard.observe, hz=10.0).start()
+        sampler = Sampler(
+            [g.index for g in gpus], stop, guard=guard.observe, hz=10.0, loader=telemetry
+        ).start()
     except SamplerError as exc:
         outcome.diagnosis = Diagnosis(
             f"the burn cannot watch the GPUs: {exc}",
-            "NVML does not answer, so the temperature guard could not protect the GPUs",
+            "the GPUs' telemetry (NVML, or nvidia-smi on a remote host) does not answer, so the "
+            "temperature guard could not protect the GPUs",
             "run the quick tier first (`pytest --gpuhost --gpuhost-tier quick`) and fix what it reports",
         )
         return outcome

@@ -83,4 +83,9 @@ def gather_host_facts(
     if not use_nvml and preconditions["driver"].ok:
         # Not a failure of the host: checks that need NVML do not apply here (no owning check).
         preconditions["nvml"] = Precondition("nvml", ok=False, check="", reason=REMOTE_NVML)
+    # The burn's telemetry: NVML where pytest runs, an nvidia-smi stream on a remote host.
+    source = preconditions["nvml" if use_nvml else "nvidia_smi"]
+    preconditions["telemetry"] = Precondition(
+        "telemetry", ok=source.ok, check=source.check, reason=source.reason
+    )
     return HostFacts(host.name, pci, kernel, nvml, smi, preconditions)
