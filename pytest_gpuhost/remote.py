@@ -138,6 +138,26 @@ def host_name(backend: Any) -> str:
     return f"{name}:{port}" if port else name
 
 
+def ansible_over_ssh(backend_host: Any, spec: str, kwargs: dict[str, Any]) -> Any:
+    """An Ansible inventory host reached by SSH, as testinfra's SSH host with our control socket.
+
+    testinfra derives that SSH host from the inventory anew for every command, without a control
+    socket unless ansible.cfg names one: each command would open a connection of its own.
+    """
+    backend = backend_host.backend
+    if getattr(backend, "NAME", None) != "ansible" or getattr(backend, "force_ansible", False):
+        return backend_host
+    resolved = backend.ansible_runner.get_host(
+        backend.host, ssh_config=backend.ssh_config, ssh_identity_file=backend.ssh_identity_file
+    )
+    ssh_backend: Any = getattr(resolved, "backend", None)
+    if getattr(ssh_backend, "NAME", None) not in SSH_CONNECTIONS:
+        return backend_host  # a local, docker or lxc inventory host: testinfra's own path
+    if not ssh_backend.controlpath and "controlpath" not in str(ssh_backend.ssh_extra_args or "").lower():
+        ssh_backend.controlpath = control_path(f"{spec}#{backend.host}", kwargs)
+    return resolved
+
+
 def hosts_from_config(config: pytest.Config) -> list[Host]:
     """One ``TestinfraHost`` per host that ``--hosts`` names (an Ansible group gives several)."""
     import testinfra
@@ -154,7 +174,8 @@ def hosts_from_config(config: pytest.Config) -> list[Host]:
         if extra:
             kwargs["ssh_extra_args"] = extra
         for backend_host in testinfra.get_hosts([spec], **kwargs):
-            hosts.append(TestinfraHost(backend_host, host_name(backend_host.backend), spec))
+            name = host_name(backend_host.backend)
+            hosts.append(TestinfraHost(ansible_over_ssh(backend_host, spec, kwargs), name, spec))
     names = [h.name for h in hosts]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

@@ -118,6 +118,21 @@ class SshLab:
         path.write_text("\n\n".join(blocks) + "\n")
         return path
 
+    def inventory(self, group: str, *names: str) -> Path:
+        """An Ansible inventory (ini) whose ``group`` holds ``names``, reached as in ``ssh_config``."""
+        common = (
+            "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR"
+        )
+        lines = [f"[{group}]"]
+        for name in names:
+            lines.append(
+                f"{name} ansible_host=127.0.0.1 ansible_port={self.ports[name]} ansible_user={self.user} "
+                f"ansible_ssh_private_key_file={self.client_key} ansible_ssh_common_args='{common}'"
+            )
+        path = self.root / "inventory.ini"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
     def args(self, *names: str, identity: bool = True) -> list[str]:
         """testinfra's options that check ``names``."""
         return [

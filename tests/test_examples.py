@@ -3,7 +3,10 @@ publishes that same report, and the site profile loads and overrides what it say
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +84,20 @@ def test_site_profile_overrides_the_h100_sxm() -> None:
     assert h100.tflops == shipped["h100-sxm"].tflops
     assert h100.baseline.temperature_c == shipped["h100-sxm"].baseline.temperature_c
     assert profiles["h200"] == shipped["h200"]
+
+
+def test_the_fleet_inventory_names_the_playbooks_group() -> None:
+    """The inventory's group is the one the playbook runs on, as ansible-inventory parses it."""
+    playbook = yaml.safe_load((EXAMPLES / "fleet" / "ansible-playbook.yml").read_text())
+    group = playbook[0]["hosts"]
+    if shutil.which("ansible-inventory") is None:
+        pytest.skip("needs ansible-core (the test extra installs it)")
+    listed = subprocess.run(
+        ["ansible-inventory", "-i", str(EXAMPLES / "fleet" / "inventory.ini"), "--list"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    inventory = json.loads(listed.stdout)
+    assert inventory[group]["hosts"] == ["gpu01", "gpu02"]
+    assert inventory["_meta"]["hostvars"]["gpu01"]["ansible_user"] == "ops"

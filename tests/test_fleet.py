@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -178,6 +179,31 @@ def test_docker_checks_agree_locally_and_over_ssh(gpuhost_pytester: GpuhostPytes
     remote.stdout.fnmatch_lines(["*gpuhost.metric docker.engine=*"])
     remote.stdout.no_fnmatch_line("*Traceback*")
     assert not list(Path(tempfile.gettempdir()).glob("gpuhost-docker-*")), "a tunnel outlived the run"
+
+
+def test_an_ansible_group_is_checked_host_by_host_with_docker_through_its_tunnel(
+    gpuhost_pytester: GpuhostPytester, lab: SshLab
+) -> None:
+    if shutil.which("ansible-inventory") is None:
+        pytest.skip("needs ansible-core (the test extra installs it)")
+    docker_client_or_skip()
+    lab.start("gpu01")
+    lab.start("gpu02")
+    inventory = lab.inventory("gpu_nodes", "gpu01", "gpu02")
+    result = run_fleet(
+        gpuhost_pytester,
+        "--hosts=ansible://gpu_nodes",
+        f"--ansible-inventory={inventory}",
+        "-k",
+        "test_host_reachable or test_nvidia_gpus_on_pci_bus or test_docker_daemon_answers",
+        "-v",
+    )
+    seen = outcomes_by_id(result)
+    for node in ("gpu01", "gpu02"):  # ids name the inventory hosts, not their addresses
+        assert seen[f"test_host_reachable[{node}]"] == "PASSED"
+        assert seen[f"test_nvidia_gpus_on_pci_bus[{node}]"] == "FAILED"
+        assert seen[f"test_docker_daemon_answers[{node}]"] == "PASSED"
+    result.stdout.no_fnmatch_line("*Traceback*")
 
 
 def test_sshd_that_forbids_socket_forwarding_is_diagnosed(
