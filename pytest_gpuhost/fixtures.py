@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import pytest
@@ -39,14 +40,22 @@ def gpuhost_host(gpuhost_session: GpuhostSession, gpuhost_target: str) -> Host:
     return gpuhost_session.host_named(gpuhost_target)
 
 
+@pytest.fixture(scope="session")
+def gpuhost_suite_property(
+    gpuhost_session: GpuhostSession, gpuhost_target: str
+) -> Callable[[str, object], None]:
+    """pytest's ``record_testsuite_property`` for the host under check, which survives pytest-xdist."""
+    return functools.partial(gpuhost_session.record_suite_property, gpuhost_target)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _gpuhost_suite_properties(
-    record_testsuite_property: Callable[[str, object], None], gpuhost_facts: HostFacts
+    gpuhost_suite_property: Callable[[str, object], None], gpuhost_facts: HostFacts
 ) -> None:
     """The host inventory as JUnit testsuite properties, for dashboards."""
-    record_testsuite_property("gpuhost.host", gpuhost_facts.host)
-    record_testsuite_property("gpuhost.driver", gpuhost_facts.driver_version or "none")
-    record_testsuite_property("gpuhost.cuda", gpuhost_facts.cuda_driver_version or "none")
-    record_testsuite_property("gpuhost.gpu_count", len(gpuhost_facts.gpus))
+    gpuhost_suite_property("gpuhost.host", gpuhost_facts.host)
+    gpuhost_suite_property("gpuhost.driver", gpuhost_facts.driver_version or "none")
+    gpuhost_suite_property("gpuhost.cuda", gpuhost_facts.cuda_driver_version or "none")
+    gpuhost_suite_property("gpuhost.gpu_count", len(gpuhost_facts.gpus))
     for gpu in gpuhost_facts.gpus:
-        record_testsuite_property(f"gpuhost.gpu{gpu.index}", f"{gpu.name} {gpu.uuid} {gpu.pci_bus_id}")
+        gpuhost_suite_property(f"gpuhost.gpu{gpu.index}", f"{gpu.name} {gpu.uuid} {gpu.pci_bus_id}")

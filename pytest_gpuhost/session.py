@@ -128,6 +128,8 @@ class GpuhostSession:
         self._facts_by_host: dict[str, HostFacts] = {}
         self._lock = threading.Lock()
         self.unreachable: dict[str, Diagnosis] = {}
+        self._pending_properties: list[tuple[str, str]] = []
+        self._written_properties: set[tuple[str, str]] = set()
 
     @classmethod
     def install(cls, config: pytest.Config) -> GpuhostSession:
@@ -398,15 +400,41 @@ class GpuhostSession:
                         pytest.skip(f"not applicable: {pre.reason}")
                     pytest.skip(f"needs {name}: {pre.check} failed: {pre.reason}")
 
+    def record_suite_property(self, host: str, name: str, value: object) -> None:
+        """A JUnit testsuite property of ``host``; with several hosts its name ends in ``[host]``.
+
+        It travels on the next test report, so it reaches the JUnit writer also from a
+        pytest-xdist worker (pytest's ``record_testsuite_property`` is a no-op there).
+        """
+        if len(self.hosts) > 1:
+            name = f"{name}[{host}]"
+        with self._lock:
+            self._pending_properties.append((name, str(value)))
+
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(
         self, item: pytest.Item, call: pytest.CallInfo[None]
     ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-        """Name the host on the report: the JSON report and the fleet table group by it."""
+        """Name the host on the report (the JSON report and the fleet table group by it), and
+        carry the suite properties recorded since the last report."""
         report = yield
         if self.fleet:
             report.gpuhost_host = self.target_of(item)  # type: ignore[attr-defined]
+        with self._lock:
+            pending, self._pending_properties = self._pending_properties, []
+        if pending:
+            report.gpuhost_suite_properties = pending  # type: ignore[attr-defined]
         return report
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """In the process that writes the JUnit report, each property once per name and value."""
+        from _pytest.junitxml import xml_key  # the LogXML instance; pytest has no public accessor
+
+        xml = self.config.stash.get(xml_key, None)
+        for name, value in getattr(report, "gpuhost_suite_properties", None) or ():
+            if xml is not None and (name, value) not in self._written_properties:
+                self._written_properties.add((name, value))
+                xml.add_global_property(name, value)
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         write = terminalreporter.write_line

@@ -28,12 +28,12 @@ def test_docker_daemon_answers(gpuhost_docker_connection: DockerConnection) -> N
 
 
 def test_docker_versions(
-    gpuhost_engine: EngineFacts, record_testsuite_property: Callable[[str, object], None]
+    gpuhost_engine: EngineFacts, gpuhost_suite_property: Callable[[str, object], None]
 ) -> None:
     """Versions go to the output and the JUnit report; `--gpus` needs Docker 19.03 or newer."""
     engine = gpuhost_engine
     for key, value in engine.properties().items():
-        record_testsuite_property(key, value)
+        gpuhost_suite_property(key, value)
         print(f"gpuhost.metric {key.removeprefix('gpuhost.')}={value}")
     version = version_tuple(engine.engine_version)
     if version is not None and version[:2] < MIN_GPU_ENGINE:

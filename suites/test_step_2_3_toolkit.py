@@ -43,12 +43,12 @@ def warn_with(diagnosis: Diagnosis) -> None:
 
 
 def test_toolkit_installed(
-    gpuhost_toolkit: ToolkitFacts, record_testsuite_property: Callable[[str, object], None]
+    gpuhost_toolkit: ToolkitFacts, gpuhost_suite_property: Callable[[str, object], None]
 ) -> None:
     """nvidia-ctk, the runtime, its hook and nvidia-container-cli are on PATH and answer --version."""
     assert CHECK_TOOLKIT == "test_toolkit_installed"
     for key, value in gpuhost_toolkit.properties().items():
-        record_testsuite_property(key, value)
+        gpuhost_suite_property(key, value)
         print(f"gpuhost.metric {key.removeprefix('gpuhost.')}={value}")
     for finding in (missing_toolkit(gpuhost_toolkit), broken_tools(gpuhost_toolkit)):
         if finding is not None:

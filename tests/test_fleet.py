@@ -114,9 +114,13 @@ def test_identity_file_that_ssh_refuses_is_diagnosed(gpuhost_pytester: GpuhostPy
     )
 
 
-def test_parallel_run_keeps_each_host_on_one_worker(gpuhost_pytester: GpuhostPytester, lab: SshLab) -> None:
+def test_parallel_run_keeps_each_host_on_one_worker(
+    gpuhost_pytester: GpuhostPytester, lab: SshLab, tmp_path: Path
+) -> None:
+    docker_client_or_skip()
     lab.start("node1")
     lab.start("node2")
+    junit = tmp_path / "fleet.xml"
     result = gpuhost_pytester.runpytest(
         "-p",
         "xdist.plugin",
@@ -126,12 +130,13 @@ def test_parallel_run_keeps_each_host_on_one_worker(gpuhost_pytester: GpuhostPyt
         "--gpuhost-tier",
         "quick",
         "-k",
-        FLEET_CHECKS,
+        f"{FLEET_CHECKS} or test_docker_versions",
         "-n",
         "2",
         "--dist",
         "loadgroup",
         "-v",
+        f"--junitxml={junit}",
         *lab.args("node1", "node2"),
     )
     workers: dict[str, set[str]] = {}
@@ -143,6 +148,13 @@ def test_parallel_run_keeps_each_host_on_one_worker(gpuhost_pytester: GpuhostPyt
     assert set(workers) == {"node1", "node2"}, result.stdout.str()
     assert all(len(w) == 1 for w in workers.values()), workers
     assert result.parseoutcomes()["failed"] == 2  # test_nvidia_gpus_on_pci_bus on each host
+    # The workers' suite properties reach the controller's JUnit report, named by host.
+    properties = dict(re.findall(r'<property name="([^"]+)" value="([^"]*)"', junit.read_text()))
+    engine = docker_client_or_skip().version()["Version"]
+    for node in ("node1", "node2"):
+        assert properties[f"gpuhost.host[{node}]"] == node
+        assert properties[f"gpuhost.driver[{node}]"] == "none"
+        assert properties[f"gpuhost.docker.engine[{node}]"] == engine  # from test_docker_versions
 
 
 # Checks of the Docker daemon: through the SSH tunnel they must see what a local run sees, since
