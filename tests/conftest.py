@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from pytest_gpuhost.host import LocalHost
+
 TESTS = Path(__file__).resolve().parent
 DATA = TESTS / "data"
 FAKES = TESTS / "fakes"
@@ -327,3 +329,9 @@ def fake_nvml() -> Any:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+class LocalAsRemote(LocalHost):
+    """This machine, taking the remote path of the code (one command instead of many reads)."""
+
+    remote = True

@@ -18,6 +18,7 @@ from xml.etree import ElementTree
 import pytest
 from dockerlab import client_or_skip, run_suite, second_dockerd
 
+from conftest import LocalAsRemote
 from pytest_gpuhost.facts.docker_engine import (
     EngineFacts,
     daemon_pids,
@@ -382,12 +383,6 @@ def test_user_outside_docker_group_gets_a_diagnosis(
     assert "Traceback" not in output
 
 
-class _LocalAsRemote(LocalHost):
-    """This machine, taking the remote path of the code (one command instead of many reads)."""
-
-    remote = True
-
-
 def test_the_socket_stat_through_a_host_command_matches_the_local_stat(unix_socket: str) -> None:
     os.chmod(unix_socket, 0o660)
     local = read_socket(unix_socket)
@@ -397,4 +392,4 @@ def test_the_socket_stat_through_a_host_command_matches_the_local_stat(unix_sock
 
 
 def testdaemon_pids_of_a_remote_host_match_the_local_scan() -> None:
-    assert sorted(daemon_pids(_LocalAsRemote())) == sorted(daemon_pids(LocalHost()))
+    assert sorted(daemon_pids(LocalAsRemote())) == sorted(daemon_pids(LocalHost()))

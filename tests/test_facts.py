@@ -17,6 +17,7 @@ from conftest import (
     CAPTURES,
     DATA,
     FAKE_BIN,
+    LocalAsRemote,
     PciFunction,
     build_driver_tree,
     capture_devnodes,
@@ -695,3 +696,12 @@ def test_read_smi_missing_and_hung(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     assert (missing.ok, missing.error_kind) == (False, "missing")
     hung = read_smi(smi_host(monkeypatch, "h100", GPUHOST_FAKE_SMI_SLEEP="5"), 0.3)
     assert (hung.ok, hung.error_kind) == (False, "timeout")
+
+
+def test_pci_devices_of_a_remote_host_are_read_in_one_command_with_the_same_result() -> None:
+    from pytest_gpuhost.facts.system import pci_devices
+
+    local = pci_devices(LocalHost())
+    if not local:
+        pytest.skip("this machine shows no PCI devices in /sys")
+    assert pci_devices(LocalAsRemote()) == local

@@ -16,13 +16,32 @@ DRIVER_VERSION_FILE = "/proc/driver/nvidia/version"
 _MODULE_VERSION = re.compile(r"Kernel Module(?:\s+for\s+\S+)?\s+(\d+\.\d+(?:\.\d+)?)")
 
 
+def pci_devices(host: Host) -> list[tuple[str, str, str]]:
+    """(address, vendor, class) of every PCI device. A remote host answers in one command: a
+    server has hundreds of PCI devices, and two reads of each would be hundreds of round trips."""
+    from pytest_gpuhost.remote import is_remote
+
+    if not is_remote(host):
+        rows = []
+        for address in host.listdir(PCI_DEVICES):
+            base = f"{PCI_DEVICES}/{address}"
+            vendor = (host.read_text(f"{base}/vendor") or "").strip().lower()
+            rows.append((address, vendor, (host.read_text(f"{base}/class") or "").strip().lower()))
+        return rows
+    script = (
+        f'for d in {PCI_DEVICES}/*; do [ -r "$d/vendor" ] || continue; '
+        'printf "%s %s %s\\n" "${d##*/}" "$(cat "$d/vendor")" "$(cat "$d/class" 2>/dev/null)"; done'
+    )
+    result = host.run(["sh", "-c", script], timeout=60)
+    lines = (line.split() for line in result.stdout.splitlines()) if result.ok else iter(())
+    return sorted((fields[0], fields[1].lower(), fields[2].lower()) for fields in lines if len(fields) == 3)
+
+
 def scan_pci(host: Host) -> tuple[PciGpu, ...]:
     """NVIDIA GPUs on the PCI bus, whether or not a driver has claimed them."""
     found = []
-    for address in host.listdir(PCI_DEVICES):
+    for address, vendor, class_code in pci_devices(host):
         base = f"{PCI_DEVICES}/{address}"
-        vendor = (host.read_text(f"{base}/vendor") or "").strip().lower()
-        class_code = (host.read_text(f"{base}/class") or "").strip().lower()
         if vendor != NVIDIA_VENDOR or not class_code.startswith(GPU_CLASSES):
             continue
         driver_link = host.readlink(f"{base}/driver")
