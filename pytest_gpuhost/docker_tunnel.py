@@ -13,9 +13,11 @@ even when pytest is killed with SIGKILL and no cleanup runs.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -115,6 +117,7 @@ class DockerTunnel:
     def __init__(self, host: Host, base_argv: Sequence[str], remote_socket: str) -> None:
         self.host = host
         self.remote_socket = remote_socket
+        remove_stale_tunnels(_socket_dir())
         self.directory = tempfile.mkdtemp(prefix="gpuhost-docker-", dir=_socket_dir())
         self.local_socket = os.path.join(self.directory, "docker.sock")
         self.argv = [*base_argv[:-1], "-T", "-L", f"{self.local_socket}:{remote_socket}", base_argv[-1]]
@@ -178,6 +181,32 @@ class DockerTunnel:
                 process.kill()
                 process.wait(5.0)
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def remove_stale_tunnels(directory: str, settle_s: float = 60.0) -> list[str]:
+    """Folders of this user's tunnels whose pytest was killed: the socket no longer answers
+    (ssh ended with it). A folder without a socket is left ``settle_s`` to open."""
+    removed = []
+    for folder in glob.glob(os.path.join(directory, "gpuhost-docker-*")):
+        try:
+            info = os.stat(folder)
+        except OSError:
+            continue
+        if info.st_uid != os.getuid():
+            continue
+        path = os.path.join(folder, "docker.sock")
+        if os.path.exists(path):
+            with socket.socket(socket.AF_UNIX) as probe:
+                try:
+                    probe.connect(path)
+                    continue  # a live tunnel of another session
+                except OSError:
+                    pass
+        elif time.time() - info.st_mtime < settle_s:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
 
 
 def _socket_dir() -> str:

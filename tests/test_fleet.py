@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +22,13 @@ from docker_support import busybox_image, docker_client_or_skip
 from sshd_support import SshLab, sshd_or_skip
 
 from conftest import GpuhostPytester
-from pytest_gpuhost.docker_tunnel import diagnose_remote_socket, ssh_base_argv
+from pytest_gpuhost.docker_tunnel import (
+    DockerTunnel,
+    TunnelError,
+    diagnose_remote_socket,
+    remove_stale_tunnels,
+    ssh_base_argv,
+)
 from pytest_gpuhost.host import CommandResult
 from pytest_gpuhost.remote import TestinfraHost, diagnose_connection
 from pytest_gpuhost.session import render_fleet_table
@@ -408,3 +417,49 @@ def test_a_daemon_that_does_not_answer_through_the_tunnel_is_diagnosed_on_the_ho
     )
     assert found in diagnosis.found
     assert fix in diagnosis.fix
+
+
+def test_a_tunnel_that_cannot_connect_is_an_ssh_diagnosis(lab: SshLab) -> None:
+    lab.closed("down")
+    config = lab.ssh_config()
+    fake = FakeTestinfra({})
+    tunnel = DockerTunnel(
+        TestinfraHost(fake, "down", "ssh://down"), ["ssh", "-F", str(config), "down"], "/x.sock"
+    )
+    with pytest.raises(TunnelError) as failure:
+        tunnel.open(timeout=10)
+    assert "down: SSH connection refused" in failure.value.diagnosis.found
+    assert not Path(tunnel.directory).exists()  # nothing left behind
+
+
+TUNNEL_CHILD = """
+import sys, time
+from pytest_gpuhost.docker_tunnel import DockerTunnel
+from pytest_gpuhost.host import LocalHost
+
+tunnel = DockerTunnel(LocalHost(name="node1"), ["ssh", "-F", sys.argv[1], "node1"], "/var/run/docker.sock")
+tunnel.open(timeout=10)
+print(tunnel.process.pid, tunnel.directory, flush=True)
+time.sleep(120)
+"""
+
+
+def test_the_tunnel_ends_when_pytest_is_killed(lab: SshLab, tmp_path: Path) -> None:
+    """SIGKILL runs no cleanup: the tunnel ends because its stdin closes with the killed process."""
+    lab.start("node1")
+    child = subprocess.Popen(
+        [sys.executable, "-c", TUNNEL_CHILD, str(lab.ssh_config())], stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout is not None
+    ssh_pid, directory = child.stdout.readline().split()
+    child.kill()
+    child.wait()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{ssh_pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert (
+        not Path(f"/proc/{ssh_pid}").exists() or "Z" in Path(f"/proc/{ssh_pid}/stat").read_text().split()[2]
+    )
+    # The next session removes the killed one's folder: its socket no longer answers.
+    assert directory in remove_stale_tunnels(str(Path(directory).parent))
+    assert not Path(directory).exists()
