@@ -74,6 +74,11 @@ def ssh_base_argv(host: Host) -> list[str] | None:
     return [*argv, str(spec.name)]
 
 
+def ssh_with_options(base_argv: Sequence[str], *options: str) -> list[str]:
+    """``ssh_base_argv``'s command with more options before the host name; a remote command may follow."""
+    return [*base_argv[:-1], *options, base_argv[-1]]
+
+
 def remote_socket_path(host: Host, timeout: float) -> str:
     """The socket the host's own docker CLI would use (its current context), else the default."""
     result = host.run(
@@ -120,8 +125,8 @@ class DockerTunnel:
         remove_stale_tunnels(_socket_dir())
         self.directory = tempfile.mkdtemp(prefix="gpuhost-docker-", dir=_socket_dir())
         self.local_socket = os.path.join(self.directory, "docker.sock")
-        self.argv = [*base_argv[:-1], "-T", "-L", f"{self.local_socket}:{remote_socket}", base_argv[-1]]
-        self.argv.append("cat >/dev/null")  # ends when our end of its stdin closes
+        forward = ssh_with_options(base_argv, "-T", "-L", f"{self.local_socket}:{remote_socket}")
+        self.argv = [*forward, "cat >/dev/null"]  # ends when our end of its stdin closes
         self._stderr_path = os.path.join(self.directory, "ssh.err")
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -103,6 +103,7 @@ def gpuhost_gpu_load(
     checks read the GPU at idle: a lower PCIe generation is then only a note (idle links slow
     down), a narrower link still fails.
     """
+    # ``gpuhost_host`` stays a parameter: it makes this fixture one per host in a fleet run.
     if gpuhost_settings.tier_rank() < TIERS.index("container"):
         return None
     from pytest_gpuhost.workload_fixtures import container_load

@@ -163,12 +163,12 @@ def gpuhost_burn(
     gpus = select_gpus(gpuhost_facts.gpus, settings.gpus)  # this host's, in a fleet run
     seconds = settings.burn_seconds or 60.0
     host: Host = request.getfixturevalue("gpuhost_host")
+    if settings.burn_on == "host" and is_remote(host):
+        pytest.skip(
+            "--gpuhost-burn-on host runs the workload where pytest runs: burn a remote host in a container"
+        )
     telemetry = remote_telemetry(host, gpus, seconds, settings.timeout) if is_remote(host) else None
     if settings.burn_on == "host":
-        if is_remote(host):
-            pytest.skip(
-                "--gpuhost-burn-on host runs the workload where pytest runs: burn a remote host in a container"
-            )
         argv = burn_workload.command(seconds, [g.index for g in gpus], python=sys.executable)
         launcher: Launcher = host_process
         in_container = False
@@ -200,11 +200,11 @@ def remote_telemetry(
     """The burn sampler's telemetry on a remote host: an ``nvidia-smi`` stream over SSH."""
     from pytest_gpuhost.burn.run import SETUP_MARGIN_S
     from pytest_gpuhost.burn.smi_stream import SmiStream, event_field
-    from pytest_gpuhost.docker_tunnel import ssh_base_argv
+    from pytest_gpuhost.docker_tunnel import ssh_base_argv, ssh_with_options
 
     base = ssh_base_argv(host)
     if base is None:
         pytest.skip(f"the burn on {host.name}: its telemetry streams over SSH; name the host as ssh://")
     field = event_field(host.run, timeout)
-    prefix = [*base[:-1], "-T", base[-1]]
+    prefix = ssh_with_options(base, "-T")
     return lambda: SmiStream(prefix, gpus, event_field=field, max_seconds=seconds + SETUP_MARGIN_S + 120)
