@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pytest_gpuhost.diagnosis import Diagnosis
-from pytest_gpuhost.host import Host
+from pytest_gpuhost.host import Host, end_process_group
 
 DEFAULT_REMOTE_SOCKET = "/var/run/docker.sock"
 SSH_BACKENDS = ("ssh", "safe-ssh", "paramiko")
@@ -179,12 +179,7 @@ class DockerTunnel:
             with contextlib.suppress(OSError):
                 if process.stdin is not None:
                     process.stdin.close()
-            process.terminate()
-            try:
-                process.wait(5.0)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5.0)
+            end_process_group(process)
         shutil.rmtree(self.directory, ignore_errors=True)
 
 

@@ -7,13 +7,15 @@ root: the unit tests use it to replay the ``/proc`` and ``/sys`` captures of rea
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 DEFAULT_COMMAND_TIMEOUT = 30.0
 
@@ -127,3 +129,16 @@ class LocalHost:
             return os.readlink(self._path(path))
         except OSError:
             return None
+
+
+def end_process_group(process: subprocess.Popen[Any], grace_s: float = 5.0) -> None:
+    """SIGTERM a process started with ``start_new_session=True`` and its children, SIGKILL them
+    after ``grace_s``, and reap it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(grace_s)

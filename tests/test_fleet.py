@@ -55,10 +55,10 @@ def run_fleet(gp: GpuhostPytester, *args: str) -> pytest.RunResult:
 
 
 def outcomes_by_id(result: pytest.RunResult) -> dict[str, str]:
-    """``test_x[node1]`` to PASSED/FAILED/SKIPPED, from ``-v`` lines."""
+    """``test_x[node1]`` (or ``test_x`` without parameters) to PASSED/FAILED/SKIPPED, from ``-v`` lines."""
     found = {}
     for line in result.outlines:
-        match = re.search(r"::(\w+\[[^\]]+\])(?:@\S+)? (PASSED|FAILED|SKIPPED|ERROR)", line)
+        match = re.search(r"::(\w+(?:\[[^\]]+\])?)(?:@\S+)? (PASSED|FAILED|SKIPPED|ERROR)", line)
         if match:
             found[match.group(1)] = match.group(2)
     return found
@@ -176,12 +176,7 @@ DOCKER_CHECKS = (
 
 def outcomes_by_check(result: pytest.RunResult) -> dict[str, str]:
     """``test_x`` (host parameter dropped) to its outcome, from ``-v`` lines."""
-    found = {}
-    for line in result.outlines:
-        match = re.search(r"::(\w+)(?:\[[^\]]*\])?(?:@\S+)? (PASSED|FAILED|SKIPPED|ERROR)", line)
-        if match:
-            found[match.group(1)] = match.group(2)
-    return found
+    return {test_id.split("[", 1)[0]: outcome for test_id, outcome in outcomes_by_id(result).items()}
 
 
 def test_docker_checks_agree_locally_and_over_ssh(gpuhost_pytester: GpuhostPytester, lab: SshLab) -> None:

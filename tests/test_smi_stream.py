@@ -41,6 +41,16 @@ def stream_on(folder: Path, **kwargs: float) -> SmiStream:
     return SmiStream(["env", f"PATH={folder}:/usr/bin:/bin", "sh", "-c"], [H100], **kwargs)  # type: ignore[arg-type]
 
 
+def until_stopped(sampler: Sampler, stops: list[int], seconds: float) -> None:
+    """Let the sampler run until it calls stop (or ``seconds`` pass), then close it."""
+    try:
+        deadline = time.monotonic() + seconds
+        while not stops and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        sampler.close()
+
+
 def test_the_command_is_bounded_on_the_host_and_names_the_gpus() -> None:
     stream = SmiStream(["ssh", "-T", "gpu01"], [H100, GpuInfo(3, "GPU-x", "H100", "0:0:0.0")], period_ms=100)
     argv = stream.command()
@@ -75,12 +85,7 @@ def test_the_guard_stops_a_burn_watched_through_the_stream(tmp_path: Path) -> No
     sampler = Sampler(
         [0], lambda: stops.append(1), guard=guard.observe, hz=10.0, loader=lambda: stream_on(folder)
     ).start()
-    try:
-        deadline = time.monotonic() + 5
-        while not stops and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        sampler.close()
+    until_stopped(sampler, stops, seconds=5)
     assert stops == [1]
     assert guard.reason is not None and "at or above the limit of 50" in guard.reason
 
@@ -96,12 +101,7 @@ def test_a_stalled_stream_blinds_the_guard_which_stops_the_burn(tmp_path: Path) 
         hz=10.0,
         loader=lambda: stream_on(folder, stale_after_s=0.3),
     ).start()
-    try:
-        deadline = time.monotonic() + 6
-        while not stops and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        sampler.close()
+    until_stopped(sampler, stops, seconds=6)
     assert stops == [1]
     assert guard.reason is not None and "temperature unreadable" in guard.reason
     assert sampler.read_errors > 0 and "stream is" in (sampler.last_read_error or "")

@@ -28,6 +28,7 @@ from pytest_gpuhost.burn.sampler import Sampler, SamplerError
 from pytest_gpuhost.containers import ContainerFailure
 from pytest_gpuhost.diagnosis import Diagnosis
 from pytest_gpuhost.facts.model import GpuInfo
+from pytest_gpuhost.host import end_process_group
 
 # A launcher starts the workload for argv and yields (its output lines, a stop function).
 Launcher = Callable[[list[str]], AbstractContextManager[tuple[Iterator[str], Callable[[], None]]]]
@@ -73,13 +74,7 @@ def host_process(argv: list[str]) -> Iterator[tuple[Iterator[str], Callable[[], 
     try:
         yield lines(), stop
     finally:
-        stop()
-        try:
-            proc.wait(5.0)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5.0)
+        end_process_group(proc)
 
 
 def _back_to_idle(samples: Sequence[Sample], after: float, limit_w: float | None) -> float | None:

@@ -14,8 +14,6 @@ fails locally.
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import subprocess
 import threading
 import time
@@ -24,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pytest_gpuhost.facts.model import GpuInfo
+from pytest_gpuhost.host import end_process_group
 
 # pynvml's names for the values the Sampler asks for; the numbers only need to be distinct.
 NVML_TEMPERATURE_GPU = 0
@@ -137,14 +136,7 @@ class SmiStream:
         if process is None:
             return
         # ssh exits; the host's nvidia-smi dies on its next write (SIGPIPE), or at its timeout.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(5.0)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(5.0)
+        end_process_group(process)
 
     def _stderr(self) -> str:
         process = self._process
