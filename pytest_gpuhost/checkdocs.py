@@ -73,6 +73,7 @@ FURTHER_READING = {
         "step 3.3: a custom image",
     ),
     "test_step_4_1_compute": ("../compute-verification.md", "compute verification"),
+    "test_step_4_2_maintenance": ("../maintenance.md", "the periodic re-check"),
     "test_zz_baseline": ("../baselines.md", "baselines"),
     "test_health": ("../health.md", "GPU health checks"),
 }

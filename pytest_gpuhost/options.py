@@ -15,6 +15,7 @@ GPU_ACCESS_MODES = ("gpus", "cdi", "runtime", "devices")
 PULL_POLICIES = ("missing", "always", "never")
 FAULT_SWITCH = "GPUHOST_ALLOW_FAULT_INJECTION"
 DEFAULT_IMAGE = "nvidia/cuda:13.0.1-base-ubuntu24.04"
+DEFAULT_ADVISORIES_MAX_AGE = 90.0
 
 
 class OptionSpec:
@@ -179,6 +180,18 @@ OPTIONS: tuple[OptionSpec, ...] = (
         default=85.0,
         type=float,
         metavar="CELSIUS",
+    ),
+    OptionSpec(
+        "--gpuhost-advisories",
+        "your own copy of the advisory table of guide step 4.2 (TOML; docs/maintenance.md)",
+        metavar="FILE",
+    ),
+    OptionSpec(
+        "--gpuhost-advisories-max-age",
+        f"days after its review date that the advisory table warns as old (default {DEFAULT_ADVISORIES_MAX_AGE:g})",
+        default=DEFAULT_ADVISORIES_MAX_AGE,
+        type=float,
+        metavar="DAYS",
     ),
 )
 

@@ -55,6 +55,8 @@ class Settings:
     matmul_size: int
     inject_fault: tuple[str, ...]
     dockerfile: str | None
+    advisories: str | None = None
+    advisories_max_age: float = 90.0  # options.DEFAULT_ADVISORIES_MAX_AGE
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:
@@ -73,6 +75,8 @@ class Settings:
             raise UsageError("--gpuhost-timeout must be positive")
         if not 16 <= values["matmul_size"] <= 8192:
             raise UsageError("--gpuhost-matmul-size must be between 16 and 8192")
+        if values["advisories_max_age"] <= 0:
+            raise UsageError("--gpuhost-advisories-max-age must be positive")
         if values["inject_fault"] and os.environ.get(FAULT_SWITCH) != "1":
             # A test-only switch: a normal run can never corrupt results by accident.
             raise UsageError(f"--gpuhost-inject-fault is for testing the suite; it needs {FAULT_SWITCH}=1")
