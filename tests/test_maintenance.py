@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from dockerlab import client_or_skip
+from sshd_support import SshLab, sshd_or_skip
 
 from conftest import FAKE_BIN, GpuhostPytester
 from pytest_gpuhost.advisories import AdvisoryTable, AdvisoryTableError, load_table, parse_table
@@ -501,3 +502,27 @@ def test_release_line_warning_fires_on_this_machine_s_docker(
         )
     else:
         result.stdout.fnmatch_lines([f"*gpuhost.note Docker Engine {version}: *"])
+
+
+def test_step_agrees_locally_and_over_ssh(
+    gpuhost_pytester: GpuhostPytester, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A remote host's reboot flag, modinfo and versions are read through the host runner, as here."""
+    sshd_or_skip()
+    lab = SshLab(tmp_path_factory.mktemp("sshlab"))
+    try:
+        lab.start("node1")
+        args = ["--gpuhost", "--gpuhost-tier", "quick", "-k", SUITE_K, "-v", "-rA"]
+        local = gpuhost_pytester.runpytest(*args)
+        remote = gpuhost_pytester.runpytest("-p", "testinfra.plugin", *args, *lab.args("node1"))
+    finally:
+        lab.stop()
+
+    def by_check(result: pytest.RunResult) -> dict[str, str]:
+        found = re.findall(r"::(test_\w+)(?:\[[^\]]+\])? (PASSED|FAILED|SKIPPED|ERROR)", result.stdout.str())
+        return {name: outcome for name, outcome in found if name != "test_host_reachable"}
+
+    seen_locally, seen_remotely = by_check(local), by_check(remote)
+    assert len(seen_locally) == 6 and seen_remotely == seen_locally, remote.stdout.str()
+    remote.stdout.fnmatch_lines(["*gpuhost.note*reboot-required*"])
+    assert "Traceback" not in remote.stdout.str()
