@@ -22,6 +22,7 @@ from pytest_gpuhost.facts.toolkit import (
     cdi_shadowing_warning,
     default_runtime_warning,
     missing_toolkit,
+    mode_needs,
     rootless_cgroups_problem,
     runtime_problem,
     version_skew,
@@ -43,14 +44,17 @@ def warn_with(diagnosis: Diagnosis) -> None:
 
 
 def test_toolkit_installed(
-    gpuhost_toolkit: ToolkitFacts, gpuhost_suite_property: Callable[[str, object], None]
+    gpuhost_toolkit: ToolkitFacts,
+    gpuhost_settings: Settings,
+    gpuhost_suite_property: Callable[[str, object], None],
 ) -> None:
-    """nvidia-ctk, the runtime, its hook and nvidia-container-cli are on PATH and answer --version."""
+    """The commands the runtime's mode needs are on PATH and answer --version (cdi mode needs no nvidia-container-cli)."""
     assert CHECK_TOOLKIT == "test_toolkit_installed"
-    for key, value in gpuhost_toolkit.properties().items():
+    needs = mode_needs(gpuhost_toolkit, gpuhost_settings.gpu_access)
+    for key, value in {**gpuhost_toolkit.properties(), **needs.properties()}.items():
         gpuhost_suite_property(key, value)
         print(f"gpuhost.metric {key.removeprefix('gpuhost.')}={value}")
-    for finding in (missing_toolkit(gpuhost_toolkit), broken_tools(gpuhost_toolkit)):
+    for finding in (missing_toolkit(gpuhost_toolkit, needs), broken_tools(gpuhost_toolkit, needs)):
         if finding is not None:
             fail_with(finding)
     skew = version_skew(gpuhost_toolkit)
