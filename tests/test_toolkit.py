@@ -357,8 +357,12 @@ def test_suite_on_fake_tree_with_this_daemon(pytester: pytest.Pytester, tmp_path
     root = fake_tree(tmp_path / "root", daemon_json=NVIDIA_DAEMON_JSON)
     fake_host_conftest(pytester, root, fake_tools(tmp_path / "bin"))
     result = run_suite(pytester, SUITE)
-    # toolkit, default runtime, CDI parse and host paths pass; rootless, per-GPU and driver-match skip.
-    result.assert_outcomes(passed=4, failed=1, skipped=3)
+    # toolkit, default runtime, daemon-reload, CDI parse and host paths pass; rootless, per-GPU and
+    # driver-match skip; the runtime is unknown to the daemon, and --gpus would hit runc in cdi mode.
+    result.assert_outcomes(passed=5, failed=2, skipped=3)
+    result.stdout.fnmatch_lines(
+        ["*FOUND: the toolkit is in cdi mode and the daemon's default runtime is `runc`*"]
+    )
     result.stdout.fnmatch_lines(
         [
             "*FOUND: /etc/docker/daemon.json names the `nvidia` runtime, but the running daemon does not know it*",
@@ -378,7 +382,7 @@ def test_suite_without_toolkit_skips_the_runtime_check(pytester: pytest.Pytester
     (tmp_path / "bin").mkdir()
     fake_host_conftest(pytester, tmp_path / "root", tmp_path / "bin")
     result = run_suite(pytester, SUITE)
-    result.assert_outcomes(passed=1, failed=1, skipped=6)
+    result.assert_outcomes(passed=2, failed=1, skipped=7)
     result.stdout.fnmatch_lines(
         [
             "*FOUND: not on PATH: nvidia-ctk, nvidia-container-runtime, nvidia-container-runtime-hook, "
@@ -511,3 +515,13 @@ def test_runtime_config_follows_the_daemons_environment(tmp_path: Path) -> None:
     assert facts.runtime_config.path == "/srv/tk.toml" and facts.runtime_mode == "cdi"
     assert cdi_spec_dirs(daemon, facts.daemon_config) == ("/srv/cdi",)
     assert runtime_config_path(host, engine()) == "/etc/nvidia-container-runtime/config.toml"
+
+
+def test_daemon_reload_opt_in_skips_without_systemd(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    """--gpuhost-daemon-reload yes on a host without /run/systemd/system: a skip that says why."""
+    client_or_skip()
+    root = fake_tree(tmp_path / "root", daemon_json=NVIDIA_DAEMON_JSON)
+    fake_host_conftest(pytester, root, fake_tools(tmp_path / "bin"))
+    result = run_suite(pytester, SUITE, args=("-k", "daemon_reload", "--gpuhost-daemon-reload", "yes"))
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*--gpuhost-daemon-reload yes: the host does not run systemd*"])

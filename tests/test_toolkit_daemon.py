@@ -7,12 +7,19 @@ container), never a GPU: the device nodes are fakes and NVML is a mock.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
-from dockerlab import run_suite
-from toolkit_daemon import ToolkitDaemon, toolkit_daemon_fixture  # noqa: F401  (the fixture)
+from dockerlab import busybox_image, client_or_skip, run_suite
+from toolkit_daemon import (  # noqa: F401  (the fixture)
+    STALE_DRIVER,
+    ToolkitDaemon,
+    misconfigured_toolkit_daemon,
+    toolkit_daemon_fixture,
+)
 
 from pytest_gpuhost.containers import ContainerFailure, Containers, GpuRequest
-from pytest_gpuhost.facts.docker_engine import gather_engine
+from pytest_gpuhost.facts.docker_engine import gather_engine, version_tuple
 from pytest_gpuhost.facts.toolkit import (
     cdi_driver_problem,
     cdi_gpu_problem,
@@ -22,6 +29,11 @@ from pytest_gpuhost.facts.toolkit import (
     missing_toolkit,
     mode_needs,
     runtime_problem,
+)
+from pytest_gpuhost.facts.toolkit_pitfalls import (
+    cdi_support_problem,
+    gpus_under_runc_problem,
+    hook_path_problem,
 )
 from pytest_gpuhost.host import LocalHost
 
@@ -116,3 +128,81 @@ def test_daemon_refusal_is_a_diagnosis(toolkit_daemon: ToolkitDaemon) -> None:
         )
     assert "unresolvable CDI devices nvidia.com/gpu=7" in failure.value.diagnosis.found
     assert "nvidia-ctk cdi generate" in failure.value.diagnosis.fix
+
+
+# -- the pitfalls of item 2, provoked against the real toolkit --------------------------------
+
+
+def test_gpus_under_runc_in_cdi_mode(toolkit_daemon: ToolkitDaemon, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--gpus --runtime runc`: the hook refuses in cdi mode; the diagnosis says use the nvidia runtime."""
+    tk = toolkit_daemon
+    with pytest.raises(ContainerFailure) as failure:
+        containers(tk, "gpus").run(
+            tk.image, ["true"], check="toolkit-runc", timeout=60, gpus=GpuRequest(), runtime="runc"
+        )
+    diagnosis = failure.value.diagnosis
+    assert "invoking the NVIDIA Container Runtime Hook directly" in diagnosis.found
+    assert "--set-as-default" in diagnosis.fix and "--runtime nvidia" in diagnosis.fix
+    host = toolkit_host(tk, monkeypatch)
+    engine = gather_engine(tk.client, host, 30, tk.docker_host)
+    facts = gather_toolkit(host, 30, engine)
+    assert gpus_under_runc_problem(engine, facts, "gpus") is None  # nvidia is the default here
+    as_runc = dataclasses.replace(engine, default_runtime="runc")
+    static = gpus_under_runc_problem(as_runc, facts, "gpus")
+    assert static is not None and "the toolkit is in cdi mode" in static.found
+
+
+def test_cdi_mode_on_docker_20_10(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The machine's own Docker 20.10 has no CDI: the daemon's refusal and the static check agree."""
+    client = client_or_skip()
+    engine = gather_engine(client, LocalHost(), 30, None)
+    if (version_tuple(engine.engine_version) or (99,)) >= (25,):
+        pytest.skip(f"the machine's daemon is Docker {engine.engine_version}, which has CDI")
+    with busybox_image(client) as image, pytest.raises(ContainerFailure) as failure:
+        Containers(client, LocalHost(), "cdi", "never").run(
+            image, ["true"], check="toolkit-cdi-20", timeout=60, gpus=GpuRequest()
+        )
+    assert 'could not select device driver "cdi"' in failure.value.diagnosis.found
+    assert "Docker 25" in failure.value.diagnosis.cause
+    facts = gather_toolkit(LocalHost(), 30, engine)
+    static = cdi_support_problem(engine, facts, "cdi")
+    assert static is not None and static.found.startswith(f"Docker {engine.engine_version} has no CDI")
+
+
+def test_misconfigured_toolkit_daemon(
+    toolkit_daemon: ToolkitDaemon, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """No CDI feature, no hook on dockerd's PATH, a spec for another driver: each a diagnosis."""
+    tk = toolkit_daemon
+    work = tmp_path_factory.mktemp("tk-wrong")
+    with misconfigured_toolkit_daemon(tk, work) as client:
+        wrong = Containers(client, LocalHost(), "gpus", "never")
+        with pytest.raises(ContainerFailure) as no_hook:
+            wrong.run(tk.image, ["true"], check="toolkit-nohook", timeout=60, gpus=GpuRequest())
+        assert 'could not select device driver "" with capabilities: [[gpu]]' in no_hook.value.diagnosis.found
+        assert "nvidia-container-runtime-hook was not on dockerd's PATH" in no_hook.value.diagnosis.cause
+        engine = gather_engine(client, LocalHost(), 30, f"unix://{work / 'd.sock'}")
+        static = hook_path_problem(LocalHost(), engine, "gpus")
+        assert (
+            static is not None and "nvidia-container-runtime-hook is on none of the folders" in static.found
+        )
+        assert hook_path_problem(LocalHost(), engine, "cdi") is None
+
+        wrong.access_mode = "cdi"
+        with pytest.raises(ContainerFailure) as no_cdi:
+            wrong.run(tk.image, ["true"], check="toolkit-nocdi", timeout=60, gpus=GpuRequest())
+        assert 'could not select device driver "cdi"' in no_cdi.value.diagnosis.found
+        assert '"features": {"cdi": true}' in no_cdi.value.diagnosis.cause
+        facts = gather_toolkit(LocalHost(), 30, engine)
+        assert facts.daemon_config.path == str(work / "daemon.json")
+        not_on = cdi_support_problem(engine, facts, "cdi")
+        assert not_on is not None and 'without `"features": {"cdi": true}`' in not_on.found
+
+        wrong.access_mode = "runtime"
+        with pytest.raises(ContainerFailure) as stale:
+            wrong.run(tk.image, ["true"], check="toolkit-stale", timeout=60, gpus=GpuRequest())
+        assert f"libnvidia-ml.so.{STALE_DRIVER}, which does not exist" in stale.value.diagnosis.found
+        assert f"generated for driver {STALE_DRIVER}" in stale.value.diagnosis.cause
+        assert facts.runtime_config.path == str(work / "config.toml")
+        spec_problem = cdi_driver_problem(facts.cdi, tk.driver_version)
+        assert spec_problem is not None and f"has {STALE_DRIVER}" in spec_problem.found

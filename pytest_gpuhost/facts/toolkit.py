@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_gpuhost.diagnosis import Diagnosis
-from pytest_gpuhost.facts.docker_engine import EngineFacts
+from pytest_gpuhost.facts.docker_engine import EngineFacts, version_tuple
 from pytest_gpuhost.facts.model import GpuInfo
 from pytest_gpuhost.host import Host
 
@@ -402,11 +402,6 @@ def gather_toolkit(
 # -- what the runtime's mode needs ------------------------------------------------------------
 
 
-def version_tuple(version: str | None) -> tuple[int, ...] | None:
-    match = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", version or "")
-    return tuple(int(part) for part in match.groups() if part is not None) if match else None
-
-
 @dataclass(frozen=True)
 class ModeNeeds:
     """What the toolkit's configured mode makes Docker run, and which commands that takes."""
@@ -596,15 +591,31 @@ def runtime_problem(engine: EngineFacts, toolkit: ToolkitFacts) -> Diagnosis | N
     return None
 
 
-def default_runtime_warning(engine: EngineFacts) -> Diagnosis | None:
+def default_runtime_warning(engine: EngineFacts, toolkit: ToolkitFacts | None = None) -> Diagnosis | None:
+    """`nvidia` as the default runtime: --gpus works without --runtime nvidia, and every image's
+    NVIDIA_VISIBLE_DEVICES is honoured too. In cdi/jit-cdi mode --gpus needs it, so the fix differs."""
     if engine.default_runtime != "nvidia":
         return None
+    envvar_off = (
+        "`sudo nvidia-ctk config --in-place --set accept-nvidia-visible-devices-envvar-when-unprivileged=false` "
+        "(then only explicit requests get GPUs)"
+    )
+    hook_mode = mode_needs(toolkit, "gpus").hook if toolkit is not None else "legacy"
+    if hook_mode in CDI_MODES:
+        fix = (
+            f"keep the default (in {hook_mode} mode `--gpus` works only through the nvidia runtime) and stop images "
+            f"from taking GPUs by their environment: {envvar_off}"
+        )
+    else:
+        fix = (
+            'remove `"default-runtime": "nvidia"` from daemon.json, restart docker, and request GPUs per '
+            "container (`--gpus`, CDI devices, or compose reservations); or keep it and " + envvar_off
+        )
     return Diagnosis(
-        "the daemon's default runtime is `nvidia`",
+        "the daemon's default runtime is `nvidia`: `--gpus` then also works without `--runtime nvidia`",
         "every container whose image sets NVIDIA_VISIBLE_DEVICES (all CUDA images set it to `all`) gets "
         "every GPU without asking for one: no isolation between jobs",
-        'remove `"default-runtime": "nvidia"` from daemon.json, restart docker, and request GPUs per '
-        "container (`--gpus`, CDI devices, or compose reservations)",
+        fix,
     )
 
 
