@@ -203,3 +203,15 @@ def test_reload_only_where_it_can_run() -> None:
     assert "does not run systemd" in (reload_unavailable(False, False, ["systemctl"]) or "")
     assert reload_unavailable(False, True, None) == "systemctl is not on PATH"
     assert reload_unavailable(False, True, ["systemctl"]) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "count"), [("docker-compose.yml", "all"), ("docker-compose.one-gpu.yml", 1)]
+)
+def test_example_compose_files_reserve_gpus(name: str, count: object) -> None:
+    """The device run's step 3.2 uses these two: one reserves every GPU, one reserves one."""
+    from pytest_gpuhost.compose import validate_compose_file
+
+    reservations, problems = validate_compose_file(str(Path(__file__).parent.parent / "examples" / name))
+    assert problems == [] and len(reservations) == 1
+    assert reservations[0].count == count
