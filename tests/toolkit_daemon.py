@@ -1,5 +1,8 @@
 """The CI toolkit daemon: the real NVIDIA Container Toolkit 1.20 with Docker 26 and a mock driver.
 
+The same tests run on a GPU host with recipe A (``../shared/device/README.md``) when an env file
+names that daemon instead (``/work/devscripts/toolkit.sh`` writes one): then a real GPU answers.
+
 ``.ci/toolkit-daemon.sh start`` brings it up beside the machine's own daemon and writes
 ``$GPUHOST_TK_DIR/env``. It proves the toolkit's wiring (runtime, hook, CDI injection), never a
 GPU: the GPU is a fake NVML and fake device nodes. Without it the tests skip, except under CI,
