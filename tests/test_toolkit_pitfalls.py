@@ -97,6 +97,21 @@ def test_stale_spec_mount() -> None:
     assert other is not None and "--gpuhost-volume" in other.cause
 
 
+def test_auto_mode_hook_without_libnvidia_container() -> None:
+    """`auto` with --gpus under runc: the hook picks legacy and looks for nvidia-container-cli."""
+    finding = diagnose_daemon_error(error("gpus-under-runc-auto-mode-no-cli.txt"), "gpus", "img")
+    assert finding.found.startswith("the toolkit's hook needs libnvidia-container, which is not installed")
+    assert "couldn't find binary nvidia-container-cli in PATH" in finding.found
+    assert "auto" in finding.cause and "nvidia-container-runtime.mode=cdi" in finding.fix
+
+
+def test_jit_cdi_without_nvml() -> None:
+    finding = diagnose_daemon_error(error("runtime-auto-mode-jit-cdi-failed.txt"), "runtime", "img")
+    assert "could not build the container's CDI spec" in finding.found
+    assert "ERROR_LIBRARY_NOT_FOUND" in finding.found and "jit-cdi" in finding.cause
+    assert "--driver-root" in finding.fix
+
+
 def test_other_texts_are_not_pitfalls() -> None:
     assert diagnose_toolkit_error("unknown or invalid runtime name: nvidia", "runtime") is None
 

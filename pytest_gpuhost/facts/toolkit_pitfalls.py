@@ -30,6 +30,8 @@ CDI_ON_BY_DEFAULT = (28,)  # before 28 the `cdi` feature must be switched on in 
 _HOOK_REFUSES = "invoking the nvidia container runtime hook directly"
 _NO_GPU_DRIVER = 'could not select device driver "" with capabilities: [[gpu]]'
 _NO_CDI_DRIVER = 'could not select device driver "cdi"'
+_NO_CLI = "couldn't find binary nvidia-container-cli"
+_JIT_NO_NVML = "failed to initialize nvml: error_library_not_found"
 _MISSING_MOUNT = re.compile(
     r'error mounting "([^"]+)" to rootfs at "[^"]*": stat [^:]+: no such file or directory'
 )
@@ -66,6 +68,27 @@ def diagnose_toolkit_error(message: str, mode: str) -> Diagnosis | None:
             f"on Docker 25-27: `{ENABLE_CDI}`; on older Docker: upgrade it, or use --gpuhost-gpu-access gpus or "
             f"runtime; the spec itself comes from `{CDI_GENERATE}`",
         )
+    if _NO_CLI in lowered:
+        return Diagnosis(
+            f"the toolkit's hook needs libnvidia-container, which is not installed ({mode} mode): "
+            f"{_from(message, _NO_CLI)}",
+            "the hook runs in legacy mode (the runtime's mode is `legacy`, or `auto`, which the hook resolves to "
+            "legacy) and calls nvidia-container-cli; cdi-only installs (nvidia-container-toolkit-base) have none",
+            f"inject GPUs through the nvidia runtime in cdi mode: `sudo nvidia-ctk config --in-place --set "
+            f"nvidia-container-runtime.mode=cdi`, `{CDI_GENERATE}`, and `{SET_DEFAULT}`; or install "
+            "libnvidia-container-tools",
+        )
+    if _JIT_NO_NVML in lowered:
+        return Diagnosis(
+            f"the nvidia runtime could not build the container's CDI spec at start ({mode} mode): "
+            f"{_from(message, 'failed to generate cdi spec')}",
+            "in jit-cdi mode (what `auto` means in toolkit 1.20) the runtime loads NVML (libnvidia-ml.so.1) "
+            "from the driver root at every container start, and found none there: the driver lives elsewhere "
+            "(e.g. /usr/local/nvidia) or is not loaded",
+            "generate a spec once and use cdi mode: `sudo nvidia-ctk cdi generate --driver-root=DRIVER_ROOT "
+            "--output=/etc/cdi/nvidia.yaml` and `sudo nvidia-ctk config --in-place --set "
+            "nvidia-container-runtime.mode=cdi`; or set `nvidia-container-cli.root` to the driver root",
+        )
     missing = _MISSING_MOUNT.search(message)
     if missing is not None:
         path = missing.group(1)
@@ -85,6 +108,12 @@ def diagnose_toolkit_error(message: str, mode: str) -> Diagnosis | None:
             f"`{CDI_GENERATE}`; check the --gpuhost-volume sources",
         )
     return None
+
+
+def _from(message: str, lowered_marker: str) -> str:
+    """The toolkit's words from ``lowered_marker`` on, without the shim's wrapping before them."""
+    start = message.lower().find(lowered_marker)
+    return " ".join(message[start:].split()) if start >= 0 else message
 
 
 def _last_words(message: str) -> str:
