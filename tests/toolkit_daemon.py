@@ -116,6 +116,9 @@ def misconfigured_toolkit_daemon(tk: ToolkitDaemon, work: Path) -> Iterator[dock
         "PATH": f"{bindir}:/usr/sbin:/usr/bin:/sbin:/bin",
         "NVIDIA_CTK_CONFIG_FILE_PATH": str(work / "config.toml"),
     }
+    fallback_libs = tk.bin.parent / "libs-active"  # start-toolkit-docker.sh's libraries the host lacks
+    if fallback_libs.is_dir() and any(fallback_libs.iterdir()):
+        env["LD_LIBRARY_PATH"] = str(fallback_libs)
     argv = [
         str(bindir / "dockerd"),
         f"--config-file={work / 'daemon.json'}",
