@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_gpuhost.diagnosis import Diagnosis
 from pytest_gpuhost.facts.model import GpuInfo
+from pytest_gpuhost.facts.toolkit_pitfalls import diagnose_toolkit_error
 from pytest_gpuhost.host import Host
 
 if TYPE_CHECKING:
@@ -180,6 +181,9 @@ def gpu_create_kwargs(mode: str, request: GpuRequest, host: Host) -> dict[str, A
 
 def diagnose_daemon_error(message: str, mode: str, image: str) -> Diagnosis:
     """The layer a daemon's refusal points at, from the daemon's exact words."""
+    pitfall = diagnose_toolkit_error(message, mode)  # the toolkit's access-mode pitfalls first
+    if pitfall is not None:
+        return pitfall
     lowered = message.lower()
     if 'could not select device driver "" with capabilities: [[gpu]]' in lowered:
         return Diagnosis(

@@ -193,6 +193,13 @@ OPTIONS: tuple[OptionSpec, ...] = (
         type=float,
         metavar="DAYS",
     ),
+    OptionSpec(
+        "--gpuhost-daemon-reload",
+        "yes: on a local systemd host, run `systemctl daemon-reload` while a GPU container runs and check "
+        "it keeps its GPUs (guide step 2.3; default no)",
+        default="no",
+        choices=("no", "yes"),
+    ),
 )
 
 

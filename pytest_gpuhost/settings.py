@@ -57,6 +57,7 @@ class Settings:
     dockerfile: str | None
     advisories: str | None = None
     advisories_max_age: float = 90.0  # options.DEFAULT_ADVISORIES_MAX_AGE
+    daemon_reload: str = "no"
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:

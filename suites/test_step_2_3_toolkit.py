@@ -6,7 +6,13 @@ from collections.abc import Callable
 
 import pytest
 
+from pytest_gpuhost.containers import ALL_GPUS, ContainerFailure, Containers, diagnose_output
 from pytest_gpuhost.diagnosis import Diagnosis, fail, warn
+from pytest_gpuhost.facts.daemon_reload import (
+    daemon_reload_problem,
+    read_dev_char,
+    reload_unavailable,
+)
 from pytest_gpuhost.facts.docker_engine import EngineFacts
 from pytest_gpuhost.facts.model import GpuInfo, HostFacts
 from pytest_gpuhost.facts.toolkit import (
@@ -22,16 +28,25 @@ from pytest_gpuhost.facts.toolkit import (
     cdi_shadowing_warning,
     default_runtime_warning,
     missing_toolkit,
+    mode_needs,
     rootless_cgroups_problem,
     runtime_problem,
     version_skew,
 )
+from pytest_gpuhost.facts.toolkit_pitfalls import (
+    cdi_support_problem,
+    gpus_under_runc_problem,
+    hook_path_problem,
+)
+from pytest_gpuhost.host import Host
+from pytest_gpuhost.remote import is_remote
 from pytest_gpuhost.settings import Settings
 
 pytestmark = pytest.mark.quick
 
 CHECK_CDI = "test_cdi_specs_parse"
 CHECK_TOOLKIT = "test_toolkit_installed"
+CHECK_RELOAD = "test_gpus_survive_daemon_reload"
 
 
 def fail_with(diagnosis: Diagnosis) -> None:
@@ -43,14 +58,17 @@ def warn_with(diagnosis: Diagnosis) -> None:
 
 
 def test_toolkit_installed(
-    gpuhost_toolkit: ToolkitFacts, gpuhost_suite_property: Callable[[str, object], None]
+    gpuhost_toolkit: ToolkitFacts,
+    gpuhost_settings: Settings,
+    gpuhost_suite_property: Callable[[str, object], None],
 ) -> None:
-    """nvidia-ctk, the runtime, its hook and nvidia-container-cli are on PATH and answer --version."""
+    """The commands the runtime's mode needs are on PATH and answer --version (cdi mode needs no nvidia-container-cli)."""
     assert CHECK_TOOLKIT == "test_toolkit_installed"
-    for key, value in gpuhost_toolkit.properties().items():
+    needs = mode_needs(gpuhost_toolkit, gpuhost_settings.gpu_access)
+    for key, value in {**gpuhost_toolkit.properties(), **needs.properties()}.items():
         gpuhost_suite_property(key, value)
         print(f"gpuhost.metric {key.removeprefix('gpuhost.')}={value}")
-    for finding in (missing_toolkit(gpuhost_toolkit), broken_tools(gpuhost_toolkit)):
+    for finding in (missing_toolkit(gpuhost_toolkit, needs), broken_tools(gpuhost_toolkit, needs)):
         if finding is not None:
             fail_with(finding)
     skew = version_skew(gpuhost_toolkit)
@@ -73,12 +91,99 @@ def test_nvidia_runtime_registered(gpuhost_engine: EngineFacts, gpuhost_toolkit:
         fail_with(problem)
 
 
-def test_default_runtime_policy(gpuhost_engine: EngineFacts) -> None:
-    """A warning when `nvidia` is the default runtime: then every CUDA image gets every GPU."""
+def test_default_runtime_policy(gpuhost_engine: EngineFacts, gpuhost_toolkit: ToolkitFacts) -> None:
+    """A warning when `nvidia` is the default runtime: --gpus works without --runtime nvidia, and every
+    CUDA image gets every GPU."""
     print(f"gpuhost.metric docker.default_runtime={gpuhost_engine.default_runtime}")
-    finding = default_runtime_warning(gpuhost_engine)
+    finding = default_runtime_warning(gpuhost_engine, gpuhost_toolkit)
     if finding is not None:
         warn_with(finding)
+
+
+def test_access_mode_wiring(
+    gpuhost_engine: EngineFacts, gpuhost_toolkit: ToolkitFacts, gpuhost_host: Host, gpuhost_settings: Settings
+) -> None:
+    """The access mode can work here: --gpus reaches the nvidia runtime and the hook, CDI is on (Docker 25+)."""
+    access = gpuhost_settings.gpu_access
+    print(f"gpuhost.metric toolkit.access={access} docker.version={gpuhost_engine.engine_version}")
+    if not gpuhost_toolkit.installed and access != "devices":
+        pytest.skip(f"needs the toolkit: {CHECK_TOOLKIT} failed: none of its commands is installed")
+    for problem in (
+        gpus_under_runc_problem(gpuhost_engine, gpuhost_toolkit, access),
+        hook_path_problem(gpuhost_host, gpuhost_engine, access),
+        cdi_support_problem(gpuhost_engine, gpuhost_toolkit, access),
+    ):
+        if problem is not None:
+            fail_with(problem)
+
+
+def test_gpus_survive_daemon_reload(
+    gpuhost_engine: EngineFacts,
+    gpuhost_toolkit: ToolkitFacts,
+    gpuhost_host: Host,
+    gpuhost_settings: Settings,
+    request: pytest.FixtureRequest,
+) -> None:
+    """A warning when `systemctl daemon-reload` would take GPUs from running containers (systemd cgroups
+    without /dev/char links, or the legacy hook); with --gpuhost-daemon-reload yes, the reload is tried."""
+    dev = read_dev_char(gpuhost_host, gpuhost_settings.timeout)
+    print(
+        f"gpuhost.metric docker.cgroup_driver={gpuhost_engine.cgroup_driver} "
+        f"dev_char.nodes={len(dev.nodes)} dev_char.missing={len(dev.missing)}"
+    )
+    problem = daemon_reload_problem(gpuhost_engine, gpuhost_toolkit, dev, gpuhost_settings.gpu_access)
+    if gpuhost_settings.daemon_reload != "yes":
+        if problem is not None:
+            warn_with(problem)
+        return
+    why_not = reload_unavailable(
+        is_remote(gpuhost_host),
+        gpuhost_host.exists("/run/systemd/system"),
+        ["systemctl"] if not gpuhost_host.run(["systemctl", "--version"], timeout=10).missing else None,
+    )
+    if why_not is not None:
+        if problem is not None:
+            warn_with(problem)
+        pytest.skip(f"--gpuhost-daemon-reload yes: {why_not}")
+    containers: Containers = request.getfixturevalue("gpuhost_containers")
+    _reload_keeps_gpus(containers, gpuhost_host, gpuhost_settings, problem)
+
+
+def _reload_keeps_gpus(
+    containers: Containers, host: Host, settings: Settings, risk: Diagnosis | None
+) -> None:
+    smi = ["nvidia-smi", "-L"]
+    try:
+        with containers.started(
+            settings.image, ["sleep", "600"], check=CHECK_RELOAD, gpus=ALL_GPUS
+        ) as running:
+            before = running.container.exec_run(smi)
+            if before.exit_code != 0:
+                pytest.skip(
+                    f"needs a GPU container: nvidia-smi -L failed before the reload: {before.output!r}"
+                )
+            reload = host.run(["systemctl", "daemon-reload"], timeout=settings.timeout)
+            if not reload.ok:
+                fail(
+                    f"`systemctl daemon-reload` failed: {reload.describe()}",
+                    "the user running pytest may not reload systemd",
+                    "run the suite as root, or leave --gpuhost-daemon-reload at no",
+                )
+            after = running.container.exec_run(smi)
+    except ContainerFailure as exc:
+        pytest.skip(f"needs a GPU container: {exc.diagnosis.found}")
+    output = after.output.decode(errors="replace") if isinstance(after.output, bytes) else str(after.output)
+    print(f"gpuhost.metric daemon_reload.nvidia_smi_exit={after.exit_code}")
+    if after.exit_code != 0:
+        found = diagnose_output(output)
+        fix = (
+            risk.fix if risk is not None else found.fix if found is not None else "see the container's output"
+        )
+        fail(
+            f"after `systemctl daemon-reload` nvidia-smi in a running container fails: {output.strip()[-300:]}",
+            found.cause if found is not None else "the container lost its GPU devices on the reload",
+            fix,
+        )
 
 
 def test_rootless_toolkit_config(gpuhost_engine: EngineFacts, gpuhost_toolkit: ToolkitFacts) -> None:

@@ -16,19 +16,23 @@ from pytest_gpuhost.facts.model import GpuInfo
 from pytest_gpuhost.facts.toolkit import (
     TOOLS,
     ToolkitFacts,
+    broken_tools,
     cdi_driver_problem,
     cdi_gpu_problem,
     cdi_host_path_problem,
     cdi_parse_problem,
     cdi_shadowing_warning,
+    cdi_spec_dirs,
     daemon_config_path,
     default_runtime_warning,
     gather_toolkit,
     missing_toolkit,
+    mode_needs,
     parse_simple_toml,
     parse_tool_version,
     read_cdi_specs,
     rootless_cgroups_problem,
+    runtime_config_path,
     runtime_problem,
     version_skew,
 )
@@ -353,8 +357,12 @@ def test_suite_on_fake_tree_with_this_daemon(pytester: pytest.Pytester, tmp_path
     root = fake_tree(tmp_path / "root", daemon_json=NVIDIA_DAEMON_JSON)
     fake_host_conftest(pytester, root, fake_tools(tmp_path / "bin"))
     result = run_suite(pytester, SUITE)
-    # toolkit, default runtime, CDI parse and host paths pass; rootless, per-GPU and driver-match skip.
-    result.assert_outcomes(passed=4, failed=1, skipped=3)
+    # toolkit, default runtime, daemon-reload, CDI parse and host paths pass; rootless, per-GPU and
+    # driver-match skip; the runtime is unknown to the daemon, and --gpus would hit runc in cdi mode.
+    result.assert_outcomes(passed=5, failed=2, skipped=3)
+    result.stdout.fnmatch_lines(
+        ["*FOUND: the toolkit is in cdi mode and the daemon's default runtime is `runc`*"]
+    )
     result.stdout.fnmatch_lines(
         [
             "*FOUND: /etc/docker/daemon.json names the `nvidia` runtime, but the running daemon does not know it*",
@@ -374,7 +382,7 @@ def test_suite_without_toolkit_skips_the_runtime_check(pytester: pytest.Pytester
     (tmp_path / "bin").mkdir()
     fake_host_conftest(pytester, tmp_path / "root", tmp_path / "bin")
     result = run_suite(pytester, SUITE)
-    result.assert_outcomes(passed=1, failed=1, skipped=6)
+    result.assert_outcomes(passed=2, failed=1, skipped=7)
     result.stdout.fnmatch_lines(
         [
             "*FOUND: not on PATH: nvidia-ctk, nvidia-container-runtime, nvidia-container-runtime-hook, "
@@ -397,3 +405,123 @@ def test_runtime_detected_in_a_test_daemon(
     result.stdout.fnmatch_lines(["*gpuhost.metric docker.default_runtime=nvidia*"])
     result.stdout.fnmatch_lines(["*GpuhostWarning: FOUND: the daemon's default runtime is `nvidia`*"])
     assert os.path.exists(daemon.socket) is False  # stopped and removed
+
+
+# -- the runtime's mode decides what must be installed ----------------------------------------
+
+TK120 = DATA / "toolkit-1.20"
+
+
+def toolkit_120_install(
+    tmp_path: Path, config: str, tools: tuple[str, ...], daemon_json: dict[str, object] | None = None
+) -> ToolkitFacts:
+    """A host with the 1.20 commands in ``tools`` (their real --version output) and a real config.toml."""
+    root = tmp_path / "root"
+    (root / "etc" / "nvidia-container-runtime").mkdir(parents=True)
+    (root / "etc" / "nvidia-container-runtime" / "config.toml").write_text((TK120 / config).read_text())
+    if daemon_json is not None:
+        (root / "etc" / "docker").mkdir(parents=True)
+        (root / "etc" / "docker" / "daemon.json").write_text(json.dumps(daemon_json))
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for name in tools:
+        script = bindir / name
+        script.write_text("#!/bin/sh\ncat <<'EOF'\n" + (TK120 / f"{name}.version").read_text() + "EOF\n")
+        script.chmod(0o755)
+    return gather_toolkit(LocalHost(root=root, env={"PATH": f"{bindir}:/usr/bin:/bin"}), timeout=10)
+
+
+BASE_120 = ("nvidia-ctk", "nvidia-container-runtime", "nvidia-container-runtime-hook")
+DEFAULT_NVIDIA = json.loads((TK120 / "daemon.json").read_text())
+
+
+@pytest.mark.parametrize("access", ["gpus", "cdi", "runtime", "devices"])
+def test_cdi_mode_install_without_libnvidia_container_passes(tmp_path: Path, access: str) -> None:
+    """Recipe A: nvidia-ctk, the runtime and the hook 1.20.0 in cdi mode; no nvidia-container-cli."""
+    facts = toolkit_120_install(tmp_path, "config-cdi.toml", BASE_120, DEFAULT_NVIDIA)
+    needs = mode_needs(facts, access)
+    assert facts.missing_tools == ["nvidia-container-cli"]
+    assert (needs.configured, needs.runtime, needs.hook) == ("cdi", "cdi", "cdi")
+    assert "nvidia-container-cli" in needs.not_needed
+    assert missing_toolkit(facts, needs) is None and broken_tools(facts, needs) is None
+    assert version_skew(facts) is None
+    props = needs.properties()
+    assert props["gpuhost.toolkit.mode"] == "cdi"
+    assert props["gpuhost.toolkit.not_needed"].endswith("nvidia-container-cli")
+    assert ("nvidia-container-runtime-hook" in props["gpuhost.toolkit.needs"]) == (access == "gpus")
+
+
+def test_cdi_mode_without_the_runtime_fails(tmp_path: Path) -> None:
+    facts = toolkit_120_install(tmp_path, "config-cdi.toml", ("nvidia-ctk", "nvidia-container-runtime-hook"))
+    finding = missing_toolkit(facts, mode_needs(facts, "runtime"))
+    assert finding is not None
+    assert finding.found.startswith("not on PATH: nvidia-container-runtime (found: nvidia-ctk 1.20.0")
+    assert "the runtime is in cdi mode" in finding.found and "a partial install" in finding.cause
+
+
+def test_gpus_in_cdi_mode_needs_the_hook(tmp_path: Path) -> None:
+    """nvidia-container-toolkit-base alone (no hook): --gpus cannot work, CDI devices can."""
+    facts = toolkit_120_install(tmp_path, "config-cdi.toml", ("nvidia-ctk", "nvidia-container-runtime"))
+    assert missing_toolkit(facts, mode_needs(facts, "cdi")) is None
+    finding = missing_toolkit(facts, mode_needs(facts, "gpus"))
+    assert finding is not None and finding.found.startswith("not on PATH: nvidia-container-runtime-hook")
+    assert "dockerd accepts --gpus only when the hook is on its PATH" in finding.found
+
+
+def test_auto_mode_resolves_by_version_and_path(tmp_path: Path) -> None:
+    """`auto`: 1.20's runtime picks jit-cdi (no cli); --gpus under runc runs the hook in legacy mode."""
+    facts = toolkit_120_install(tmp_path / "a", "config-default.toml", BASE_120, DEFAULT_NVIDIA)
+    needs = mode_needs(facts, "gpus")
+    assert (needs.configured, needs.runtime, needs.hook) == ("auto", "jit-cdi", "legacy")
+    assert missing_toolkit(facts, needs) is None  # nvidia is the default runtime: the hook never runs alone
+    under_runc = toolkit_120_install(tmp_path / "b", "config-default.toml", BASE_120, NVIDIA_DAEMON_JSON)
+    finding = missing_toolkit(under_runc, mode_needs(under_runc, "gpus"))
+    assert finding is not None and finding.found.startswith("not on PATH: nvidia-container-cli")
+    assert "--set-as-default" in finding.fix
+    assert missing_toolkit(under_runc, mode_needs(under_runc, "runtime")) is None
+
+
+def test_legacy_mode_needs_libnvidia_container(tmp_path: Path) -> None:
+    legacy = (TK120 / "config-default.toml").read_text().replace('mode = "auto"', 'mode = "legacy"')
+    facts = toolkit_120_install(tmp_path, "config-default.toml", BASE_120, DEFAULT_NVIDIA)
+    facts = dataclasses.replace(
+        facts,
+        runtime_config=toolkit_module.ConfigFile("/etc/x.toml", True, parse_simple_toml(legacy)),
+    )
+    needs = mode_needs(facts, "cdi")
+    assert needs.runtime == "legacy" and "nvidia-container-cli" in needs.needs
+    finding = missing_toolkit(facts, needs)
+    assert finding is not None and finding.found.startswith("not on PATH: nvidia-container-cli")
+    assert "nvidia-container-runtime.mode=cdi" in finding.fix
+    old = dataclasses.replace(
+        facts,
+        runtime_config=toolkit_module.ConfigFile("/etc/x.toml", True, parse_simple_toml("")),
+        tools={n: dataclasses.replace(t, version="1.17.8") for n, t in facts.tools.items()},
+    )
+    assert mode_needs(old, "runtime").runtime == "legacy"  # auto before 1.20
+
+
+def test_runtime_config_follows_the_daemons_environment(tmp_path: Path) -> None:
+    """The runtime inherits NVIDIA_CTK_CONFIG_FILE_PATH from dockerd: read that config, not /etc's."""
+    root = tmp_path
+    (root / "proc" / "77").mkdir(parents=True)
+    (root / "proc" / "77" / "environ").write_text("PATH=/bin\0NVIDIA_CTK_CONFIG_FILE_PATH=/srv/tk.toml\0")
+    (root / "srv").mkdir()
+    (root / "srv" / "tk.toml").write_text((TK120 / "config-cdi.toml").read_text())
+    daemon = engine(process=DaemonProcess(77, ("dockerd",), "/usr/bin/dockerd"), cdi_spec_dirs=("/srv/cdi",))
+    host = LocalHost(root=root, env={"PATH": "/usr/bin:/bin"})
+    assert runtime_config_path(host, daemon) == "/srv/tk.toml"
+    facts = gather_toolkit(host, timeout=10, engine=daemon)
+    assert facts.runtime_config.path == "/srv/tk.toml" and facts.runtime_mode == "cdi"
+    assert cdi_spec_dirs(daemon, facts.daemon_config) == ("/srv/cdi",)
+    assert runtime_config_path(host, engine()) == "/etc/nvidia-container-runtime/config.toml"
+
+
+def test_daemon_reload_opt_in_skips_without_systemd(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    """--gpuhost-daemon-reload yes on a host without /run/systemd/system: a skip that says why."""
+    client_or_skip()
+    root = fake_tree(tmp_path / "root", daemon_json=NVIDIA_DAEMON_JSON)
+    fake_host_conftest(pytester, root, fake_tools(tmp_path / "bin"))
+    result = run_suite(pytester, SUITE, args=("-k", "daemon_reload", "--gpuhost-daemon-reload", "yes"))
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*--gpuhost-daemon-reload yes: the host does not run systemd*"])

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_gpuhost.diagnosis import Diagnosis
-from pytest_gpuhost.facts.docker_engine import EngineFacts
+from pytest_gpuhost.facts.docker_engine import EngineFacts, version_tuple
 from pytest_gpuhost.facts.model import GpuInfo
 from pytest_gpuhost.host import Host
 
@@ -31,6 +31,15 @@ INSTALL_FIX = f"install nvidia-container-toolkit: follow {INSTALL_GUIDE}, then `
 CDI_GENERATE = "sudo nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml"
 _TOOL_VERSION = re.compile(r"version[:\s]+v?(\d+\.\d+(?:\.\d+)?(?:[-~+][\w.]+)?)", re.IGNORECASE)
 _DRIVER_LIB = re.compile(r"^lib(?:cuda|nvidia-ml)\.so\.(\d+\.\d+(?:\.\d+)?)$")
+# The runtime reads its config.toml from this variable (or $XDG_CONFIG_HOME) of its environment,
+# which it inherits from dockerd: recipe A and the CI toolkit daemon set it.
+CONFIG_ENV = "NVIDIA_CTK_CONFIG_FILE_PATH"
+CDI_MODES = (
+    "cdi",
+    "jit-cdi",
+    "csv",
+)  # modes in which the runtime injects devices itself, without libnvidia-container
+AUTO_IS_JIT_CDI_SINCE = (1, 20)  # the runtime resolves `auto` to jit-cdi from here on; before, to legacy
 
 
 # -- tools ------------------------------------------------------------------------------------
@@ -346,34 +355,167 @@ class ToolkitFacts:
         return values
 
 
+def daemon_environment(host: Host, engine: EngineFacts | None) -> dict[str, str]:
+    """dockerd's environment (root only): the runtime it starts inherits it, config path included."""
+    if engine is None or engine.process is None:
+        return {}
+    try:
+        raw = host.read_text(f"/proc/{engine.process.pid}/environ") or ""
+    except (PermissionError, IsADirectoryError):
+        return {}
+    pairs = (item.partition("=") for item in raw.split("\0") if "=" in item)
+    return {key: value for key, _, value in pairs}
+
+
+def runtime_config_path(host: Host, engine: EngineFacts | None) -> str:
+    """The config.toml the daemon's nvidia runtime reads, as the runtime itself looks it up."""
+    environ = daemon_environment(host, engine)
+    if environ.get(CONFIG_ENV):
+        return environ[CONFIG_ENV]
+    if environ.get("XDG_CONFIG_HOME"):
+        return os.path.join(environ["XDG_CONFIG_HOME"], "nvidia-container-runtime", "config.toml")
+    return RUNTIME_CONFIG
+
+
+def cdi_spec_dirs(engine: EngineFacts | None, daemon_config: ConfigFile) -> tuple[str, ...]:
+    """Where the daemon looks for CDI specs: what `docker info` says, then daemon.json, then the defaults."""
+    if engine is not None and engine.cdi_spec_dirs:
+        return engine.cdi_spec_dirs
+    configured = (daemon_config.data or {}).get("cdi-spec-dirs")
+    if isinstance(configured, list) and configured and all(isinstance(d, str) for d in configured):
+        return tuple(configured)
+    return CDI_DIRS
+
+
 def gather_toolkit(
     host: Host, timeout: float, engine: EngineFacts | None = None, env: Mapping[str, str] | None = None
 ) -> ToolkitFacts:
+    daemon_config = read_json_config(host, daemon_config_path(engine, env))
     return ToolkitFacts(
         tools={name: probe_tool(host, name, timeout) for name in TOOLS},
-        daemon_config=read_json_config(host, daemon_config_path(engine, env)),
-        runtime_config=read_runtime_config(host),
-        cdi=read_cdi_specs(host),
+        daemon_config=daemon_config,
+        runtime_config=read_runtime_config(host, runtime_config_path(host, engine)),
+        cdi=read_cdi_specs(host, cdi_spec_dirs(engine, daemon_config)),
     )
+
+
+# -- what the runtime's mode needs ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModeNeeds:
+    """What the toolkit's configured mode makes Docker run, and which commands that takes."""
+
+    configured: str  # config.toml's mode; "auto" when the file does not set one
+    runtime: str  # what the nvidia runtime does in that mode (auto resolved)
+    hook: str  # what the hook does when runc calls it directly (--gpus without the nvidia runtime)
+    access: str  # the suite's --gpuhost-gpu-access
+    needs: Mapping[str, str]  # command -> why this host needs it, in TOOLS order
+
+    @property
+    def not_needed(self) -> tuple[str, ...]:
+        return tuple(t for t in TOOLS if t not in self.needs)
+
+    def properties(self) -> dict[str, str]:
+        return {
+            "gpuhost.toolkit.mode": self.configured,
+            "gpuhost.toolkit.mode_runtime": self.runtime,
+            "gpuhost.toolkit.mode_hook": self.hook,
+            "gpuhost.toolkit.needs": ",".join(self.needs) or "none",
+            "gpuhost.toolkit.not_needed": ",".join(self.not_needed) or "none",
+        }
+
+
+def resolve_mode(mode: str, version: str | None, for_hook: bool = False) -> str:
+    """What ``auto`` means: toolkit 1.20's runtime picks jit-cdi (legacy before); the hook stays legacy."""
+    if mode != "auto":
+        return mode
+    if for_hook:
+        return "legacy"
+    parsed = version_tuple(version)
+    return "jit-cdi" if parsed is not None and parsed >= AUTO_IS_JIT_CDI_SINCE else "legacy"
+
+
+def mode_needs(toolkit: ToolkitFacts, access: str) -> ModeNeeds:
+    """The commands this host needs, from the runtime's mode, the access mode and the default runtime."""
+    tools = toolkit.tools
+    version = next(
+        (
+            tools[n].version
+            for n in ("nvidia-container-runtime", "nvidia-ctk")
+            if n in tools and tools[n].version
+        ),
+        None,
+    )
+    configured = toolkit.runtime_mode or "auto"
+    runtime = resolve_mode(configured, version)
+    hook = resolve_mode(configured, version, for_hook=True)
+    why: dict[str, str] = {
+        "nvidia-ctk": "configures Docker and generates CDI specs",
+        "nvidia-container-runtime": f"the `nvidia` runtime ({runtime} mode)",
+    }
+    if runtime == "legacy":
+        why["nvidia-container-runtime-hook"] = "legacy mode runs the hook in every GPU container"
+        why["nvidia-container-cli"] = "legacy mode's hook injects GPUs through libnvidia-container"
+    if access == "gpus":
+        why["nvidia-container-runtime-hook"] = "dockerd accepts --gpus only when the hook is on its PATH"
+        direct = toolkit.configured_default_runtime != "nvidia"
+        if direct and hook == "legacy":
+            why["nvidia-container-cli"] = (
+                "--gpus under runc calls the hook directly, which injects GPUs through libnvidia-container"
+            )
+    return ModeNeeds(configured, runtime, hook, access, {t: why[t] for t in TOOLS if t in why})
 
 
 # -- findings ---------------------------------------------------------------------------------
 
 
-def missing_toolkit(toolkit: ToolkitFacts) -> Diagnosis | None:
-    missing = toolkit.missing_tools
+def missing_toolkit(toolkit: ToolkitFacts, needs: ModeNeeds | None = None) -> Diagnosis | None:
+    """The commands the mode needs that are not installed (every command when ``needs`` is None)."""
+    required = list(needs.needs) if needs is not None else list(TOOLS)
+    missing = [name for name in required if name in toolkit.missing_tools]
     if not missing:
         return None
     found = ", ".join(f"{t.name} {t.version or '?'}" for t in toolkit.tools.values() if t.found)
+    if needs is None or not found:
+        return Diagnosis(
+            f"not on PATH: {', '.join(missing)}" + (f" (found: {found})" if found else ""),
+            "the NVIDIA Container Toolkit is not installed (or only in part): Docker cannot give containers GPUs",
+            INSTALL_FIX,
+        )
+    reasons = "; ".join(f"{name}: {needs.needs[name]}" for name in missing)
     return Diagnosis(
-        f"not on PATH: {', '.join(missing)}" + (f" (found: {found})" if found else ""),
-        "the NVIDIA Container Toolkit is not installed (or only in part): Docker cannot give containers GPUs",
-        INSTALL_FIX,
+        f"not on PATH: {', '.join(missing)} (found: {found}); the runtime is in {needs.configured} mode"
+        + (f" (resolved: {needs.runtime})" if needs.runtime != needs.configured else "")
+        + f" and the suite uses --gpuhost-gpu-access {needs.access}, which need it: {reasons}",
+        "a partial install of the NVIDIA Container Toolkit: this mode cannot give containers GPUs",
+        _missing_fix(missing, needs),
     )
 
 
-def broken_tools(toolkit: ToolkitFacts) -> Diagnosis | None:
-    broken = [t for t in toolkit.tools.values() if t.found and t.error]
+def _missing_fix(missing: Sequence[str], needs: ModeNeeds) -> str:
+    if "nvidia-container-cli" in missing and needs.runtime in CDI_MODES:
+        return (
+            "`--gpus` under runc needs libnvidia-container: make `nvidia` the default runtime (`sudo nvidia-ctk "
+            "runtime configure --runtime=docker --set-as-default && sudo systemctl restart docker`), or install "
+            f"the full nvidia-container-toolkit ({INSTALL_GUIDE})"
+        )
+    if (
+        set(missing) <= {"nvidia-container-cli", "nvidia-container-runtime-hook"}
+        and needs.runtime == "legacy"
+    ):
+        return (
+            "install nvidia-container-toolkit and libnvidia-container-tools (legacy mode needs them), or switch "
+            "to CDI: `sudo nvidia-ctk config --in-place --set nvidia-container-runtime.mode=cdi` and `"
+            + CDI_GENERATE
+            + "`"
+        )
+    return INSTALL_FIX
+
+
+def broken_tools(toolkit: ToolkitFacts, needs: ModeNeeds | None = None) -> Diagnosis | None:
+    required = set(needs.needs) if needs is not None else set(TOOLS)
+    broken = [t for t in toolkit.tools.values() if t.found and t.error and t.name in required]
     if not broken:
         return None
     return Diagnosis(
@@ -449,15 +591,31 @@ def runtime_problem(engine: EngineFacts, toolkit: ToolkitFacts) -> Diagnosis | N
     return None
 
 
-def default_runtime_warning(engine: EngineFacts) -> Diagnosis | None:
+def default_runtime_warning(engine: EngineFacts, toolkit: ToolkitFacts | None = None) -> Diagnosis | None:
+    """`nvidia` as the default runtime: --gpus works without --runtime nvidia, and every image's
+    NVIDIA_VISIBLE_DEVICES is honoured too. In cdi/jit-cdi mode --gpus needs it, so the fix differs."""
     if engine.default_runtime != "nvidia":
         return None
+    envvar_off = (
+        "`sudo nvidia-ctk config --in-place --set accept-nvidia-visible-devices-envvar-when-unprivileged=false` "
+        "(then only explicit requests get GPUs)"
+    )
+    hook_mode = mode_needs(toolkit, "gpus").hook if toolkit is not None else "legacy"
+    if hook_mode in CDI_MODES:
+        fix = (
+            f"keep the default (in {hook_mode} mode `--gpus` works only through the nvidia runtime) and stop images "
+            f"from taking GPUs by their environment: {envvar_off}"
+        )
+    else:
+        fix = (
+            'remove `"default-runtime": "nvidia"` from daemon.json, restart docker, and request GPUs per '
+            "container (`--gpus`, CDI devices, or compose reservations); or keep it and " + envvar_off
+        )
     return Diagnosis(
-        "the daemon's default runtime is `nvidia`",
+        "the daemon's default runtime is `nvidia`: `--gpus` then also works without `--runtime nvidia`",
         "every container whose image sets NVIDIA_VISIBLE_DEVICES (all CUDA images set it to `all`) gets "
         "every GPU without asking for one: no isolation between jobs",
-        'remove `"default-runtime": "nvidia"` from daemon.json, restart docker, and request GPUs per '
-        "container (`--gpus`, CDI devices, or compose reservations)",
+        fix,
     )
 
 
