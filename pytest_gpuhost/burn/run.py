@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -29,6 +30,7 @@ from pytest_gpuhost.containers import ContainerFailure
 from pytest_gpuhost.diagnosis import Diagnosis
 from pytest_gpuhost.facts.model import GpuInfo
 from pytest_gpuhost.host import end_process_group
+from pytest_gpuhost.workload_runner import ARM, lifeline_path, with_lifeline
 
 # A launcher starts the workload for argv and yields (its output lines, a stop function).
 Launcher = Callable[[list[str]], AbstractContextManager[tuple[Iterator[str], Callable[[], None]]]]
@@ -57,11 +59,23 @@ class BurnOutcome:
 
 @contextlib.contextmanager
 def host_process(argv: list[str]) -> Iterator[tuple[Iterator[str], Callable[[], None]]]:
-    """The workload as a process group of the host; SIGTERM, then SIGKILL, on stop and at exit."""
+    """The workload as a process group of the host; SIGTERM, then SIGKILL, on stop and at exit.
+    It runs under the lifeline watchdog, whose stdin is a pipe from this process: if pytest dies,
+    SIGKILL included, the pipe closes and the watchdog ends the workload within a second."""
     env = {**os.environ, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
     proc = subprocess.Popen(
-        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        with_lifeline(sys.executable, str(lifeline_path()), argv),
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
+    assert proc.stdin is not None
+    with contextlib.suppress(OSError):
+        proc.stdin.write(ARM.decode())
+        proc.stdin.flush()
 
     def stop() -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -75,6 +89,8 @@ def host_process(argv: list[str]) -> Iterator[tuple[Iterator[str], Callable[[], 
         yield lines(), stop
     finally:
         end_process_group(proc)
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
 
 
 def _back_to_idle(samples: Sequence[Sample], after: float, limit_w: float | None) -> float | None:
