@@ -262,3 +262,32 @@ def test_no_verify_reports_no_error_count(finished: dict[str, Finished]) -> None
     assert run.code == burn.EXIT_OK, run.stderr
     assert done.errors is None and not done.verified and done.verify_cost is None
     assert done.iters > 0 and done.verify_seconds == 0.0 and done.max_err_ratio is None
+
+
+HANGS_IN_SETUP = """
+import sys, threading
+sys.path.insert(0, {folder!r})
+import burn
+burn.JOIN_GRACE_S = 0.2
+class HangsInCudaStartup:
+    def __init__(self, *args):
+        threading.Event().wait()
+burn.TorchEngine = HangsInCudaStartup
+burn.load_backend = lambda device: ("torch", None)
+sys.exit(burn.main(["--device", "cpu", "--gpus", "0", "--setup-timeout", "0.5", "--seconds", "600"]))
+"""
+
+
+def test_a_worker_hung_in_cuda_startup_still_ends_the_script() -> None:
+    """Before its burn deadline is set, the setup deadline holds: no burn waits forever."""
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", HANGS_IN_SETUP.format(folder=str(SCRIPT.parent))],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == burn.EXIT_WORKER
+    assert time.monotonic() - started < 15
+    log = WorkloadLog.from_lines(done.stdout.splitlines())
+    assert log.results[0].stopped == "hung"

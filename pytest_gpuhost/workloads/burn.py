@@ -50,6 +50,7 @@ REFERENCE_ROWS = 512  # rows of C computed in float64 to estimate each column's 
 BATCH_TARGET_S = 0.1  # GEMMs are enqueued in batches of about this long; bounds the stop latency
 BATCH_MAX = 256
 JOIN_GRACE_S = 10.0  # a worker stuck in the driver this long after the stop is reported as hung
+SETUP_TIMEOUT_S = 300.0  # CUDA start-up, allocation and the reference: a worker still there is hung
 
 UNIT_ROUNDOFF = {"bfloat16": 2.0**-8, "float16": 2.0**-11, "float32": 2.0**-24}
 ITEM_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
@@ -665,6 +666,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-mem-gib", type=float, default=20.0, help="per GPU, at most (default 20)")
     parser.add_argument("--n", type=int, default=0, help="GEMM order override (tests: --n 128)")
     parser.add_argument("--stop-file", default=None, help="stop when this path exists")
+    parser.add_argument(
+        "--setup-timeout",
+        type=float,
+        default=SETUP_TIMEOUT_S,
+        help="a worker not burning this long after the start is hung (default %(default)g s)",
+    )
     parser.add_argument("--no-verify", action="store_true", help="skip verification (to measure its cost)")
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="cpu: unit tests only")
     parser.add_argument("--seed", type=int, default=20240601)
@@ -738,13 +745,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     for worker in workers:
         worker.start()
     stop_seen: float | None = None
+    # A worker hung in CUDA start-up never sets its deadline: the setup deadline holds instead.
+    setup_deadline = time.monotonic() + args.setup_timeout
     while any(worker.is_alive() for worker in workers):
         now = time.monotonic()
         if args.stop_file and os.path.exists(args.stop_file):
             stop.set("stop-file")
         if stop.is_set() and stop_seen is None:
             stop_seen = now
-        deadlines = [w.deadline for w in workers if w.is_alive() and w.deadline is not None]
+        deadlines = [
+            w.deadline if w.deadline is not None else setup_deadline for w in workers if w.is_alive()
+        ]
         overdue = min([stop_seen] if stop_seen is not None else deadlines or [math.inf])
         if now > overdue + JOIN_GRACE_S:  # stuck in the driver: report it and leave
             for worker in workers:
