@@ -26,6 +26,7 @@ from pytest_gpuhost.options import FAULT_SWITCH
 from pytest_gpuhost.remote import is_remote
 from pytest_gpuhost.session import select_gpus
 from pytest_gpuhost.settings import Settings
+from pytest_gpuhost.stray_load import busy_gpus
 from pytest_gpuhost.workload_runner import (
     WorkloadOutcome,
     follow_lines,
@@ -145,6 +146,10 @@ def gpuhost_burn(
     gpus = select_gpus(gpuhost_facts.gpus, settings.gpus)  # this host's, in a fleet run
     seconds = settings.burn_seconds or 60.0
     host: Host = request.getfixturevalue("gpuhost_host")
+    busy = busy_gpus(request.config, host.name, gpus)  # never stack a burn on someone's load
+    gpus = tuple(g for g in gpus if g.uuid not in busy)
+    if not gpus:
+        pytest.skip("not measured: every selected GPU is already busy (see test_no_stray_load)")
     if settings.burn_on == "host" and is_remote(host):
         pytest.skip(
             "--gpuhost-burn-on host runs the workload where pytest runs: burn a remote host in a container"
