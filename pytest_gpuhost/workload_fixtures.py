@@ -156,7 +156,9 @@ def gpuhost_burn(
         )
     telemetry = remote_telemetry(host, gpus, seconds, settings.timeout) if is_remote(host) else None
     if settings.burn_on == "host":
-        argv = burn_workload.command(seconds, [g.index for g in gpus], python=sys.executable)
+        argv = burn_workload.command(
+            seconds, [g.index for g in gpus], python=sys.executable, temp_limit=settings.temp_limit
+        )
         launcher: Launcher = host_process
         in_container = False
     else:
@@ -164,7 +166,16 @@ def gpuhost_burn(
         probe: GpuContainerProbe = request.getfixturevalue("gpuhost_gpu_container")
         probe.require()
         containers: Containers = request.getfixturevalue("gpuhost_containers")
-        argv = workload_command(settings, "burn.py", "--seconds", f"{seconds:g}", "--gpus", "all")
+        argv = workload_command(
+            settings,
+            "burn.py",
+            "--seconds",
+            f"{seconds:g}",
+            "--gpus",
+            "all",
+            "--temp-limit",
+            f"{settings.temp_limit:g}",
+        )
         launcher = _container_launcher(containers, settings, gpus, seconds)
         in_container = True
     return run_burn(
