@@ -27,6 +27,7 @@ def test_burn(gpuhost_burn: BurnOutcome, gpu: GpuInfo, criterion: str) -> None:
     )
     if burn.guard_reason is not None:
         print(f"gpuhost.metric burn.guard_to_idle_s={burn.guard_to_idle_s.get(gpu.uuid)}")
+        print(f"gpuhost.note the burn was stopped by a guard: {burn.guard_reason}")
     if verdict.workload is not None:
         w = verdict.workload
         print(f"gpuhost.metric burn.tflops={w.tflops} burn.iters={w.iters} burn.errors={w.errors}")

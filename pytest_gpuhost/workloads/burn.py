@@ -49,6 +49,14 @@ EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_NO_BACKEND, EXIT_WORKER, EXIT_GUARD = 0, 
 GUARD_PERIOD_S = 0.2
 GUARD_BLIND_S = 2.0
 GUARD_STOP = "thermal-guard"
+# The loader's search first (the toolkit updates the container's cache), then where driver mounts put it.
+NVML_LIBRARIES = (
+    "libnvidia-ml.so.1",
+    "/usr/local/nvidia/lib64/libnvidia-ml.so.1",
+    "/usr/lib64/libnvidia-ml.so.1",
+    "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1",
+    "/usr/lib/aarch64-linux-gnu/libnvidia-ml.so.1",
+)
 
 N_MAX = 16384  # larger GEMMs draw no more power; this one is ~12 ms on an H100
 N_STEP = 256
@@ -458,8 +466,16 @@ def load_backend(device: str) -> tuple[str, Any]:
 class Nvml:
     """The few NVML calls the guard needs, through ctypes: the image needs no pynvml."""
 
-    def __init__(self, library: str = "libnvidia-ml.so.1") -> None:
-        self.lib = ctypes.CDLL(library)
+    def __init__(self, libraries: Sequence[str] = NVML_LIBRARIES) -> None:
+        errors = []
+        for library in libraries:
+            try:
+                self.lib = ctypes.CDLL(library)
+                break
+            except OSError as exc:
+                errors.append(str(exc))
+        else:
+            raise OSError("; ".join(errors[:2]))
         self._check(self.lib.nvmlInit_v2(), "nvmlInit")
 
     def _check(self, code: int, what: str) -> None:
