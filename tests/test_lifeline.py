@@ -195,3 +195,74 @@ def test_a_signal_to_the_watchdog_reaches_the_workload() -> None:
         proc.kill()
         os.close(read)
         os.close(write)
+
+
+REMOTE_RUNNER = """
+import sys
+import docker
+from pytest_gpuhost.containers import Containers
+from pytest_gpuhost.docker_tunnel import DockerTunnel
+from pytest_gpuhost.host import LocalHost
+from pytest_gpuhost.workload_runner import LIFELINE_SCRIPT, MOUNT_POINT, started_workload, with_lifeline
+
+VOLUMES = {"/usr": {"bind": "/usr", "mode": "ro"}, "/usr/lib": {"bind": "/lib", "mode": "ro"},
+           "/usr/lib64": {"bind": "/lib64", "mode": "ro"}}
+tunnel = DockerTunnel(LocalHost(name="node1"), ["ssh", "-F", sys.argv[1], "node1"], "/var/run/docker.sock")
+tunnel.open(timeout=10)
+client = docker.DockerClient(base_url=tunnel.url, timeout=30)
+containers = Containers(client, LocalHost(), "devices", "never", volumes=VOLUMES)
+busy = ["PY", "-c", "import time; time.sleep(600)"]
+with started_workload(containers, sys.argv[2], with_lifeline("PY", f"{MOUNT_POINT}/{LIFELINE_SCRIPT}", busy),
+                      check=sys.argv[3]) as running:
+    open(sys.argv[4], "w").write(running.container.id)
+    running.wait(600)
+"""
+
+
+def test_over_the_ssh_tunnel_a_sigkilled_runner_leaves_no_running_container(tmp_path: Path) -> None:
+    """A remote host's workload: the attach runs through the tunnel, which ends with the runner."""
+    from sshd_support import SshLab, sshd_or_skip
+
+    client = docker_client_or_skip()
+    sshd_or_skip()
+    image = busybox_image(client)
+    check = f"lifeline-remote-{os.getpid()}"
+    lab = SshLab(tmp_path / "sshlab")
+    started = tmp_path / "started"
+    runner: subprocess.Popen[bytes] | None = None
+    try:
+        lab.start("node1")
+        runner = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                REMOTE_RUNNER.replace("PY", HOST_PYTHON),
+                str(lab.ssh_config()),
+                image,
+                check,
+                str(started),
+            ],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        container = client.containers.get(wait_for_file(started, runner))
+        container.reload()
+        assert container.status == "running"
+        runner.kill()
+        runner.wait()
+        killed = time.monotonic()
+        while container.status == "running" and time.monotonic() - killed < 10:
+            time.sleep(0.05)
+            container.reload()
+        stopped_after = time.monotonic() - killed
+        assert container.status != "running"
+        assert stopped_after < PROMISE_S, f"the remote workload outlived its runner by {stopped_after:.2f} s"
+    finally:
+        if runner is not None and runner.poll() is None:
+            runner.kill()
+        lab.stop()
+        for leftover in client.containers.list(
+            all=True, filters={"label": f"io.pytest-gpuhost.check={check}"}
+        ):
+            leftover.remove(force=True)
