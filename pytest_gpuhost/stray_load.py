@@ -14,16 +14,26 @@ the host and NVML answered, else through ``nvidia-smi`` (remote hosts).
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import socket
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_gpuhost.containers import LABEL_CHECK, LABEL_OWNER, LABEL_SESSION, sweep
+from pytest_gpuhost.containers import (
+    LABEL_CHECK,
+    LABEL_HOSTNAME,
+    LABEL_OWNER,
+    LABEL_PID,
+    LABEL_SESSION,
+    sweep,
+)
 from pytest_gpuhost.diagnosis import Diagnosis
 from pytest_gpuhost.facts.model import GpuInfo
 from pytest_gpuhost.host import Host
@@ -54,6 +64,7 @@ class GpuProcess:
     container_id: str = ""
     container_name: str = ""
     suite_session: str = ""  # the pytest-gpuhost session that started its container, if any
+    sibling: bool = False  # started by this run itself (another pytest-xdist worker of it)
 
     def describe(self) -> str:
         parts = [f"pid {self.pid}" + (f" ({self.name})" if self.name else "")]
@@ -82,9 +93,12 @@ class GpuActivity:
 
     def busy_because(self) -> str | None:
         """Why the GPU counts as busy, or None when it is idle."""
+        foreign = [p for p in self.processes if not p.sibling]
+        if self.processes and not foreign:
+            return None  # only this run's own load (another xdist worker): not a stranger's
         reasons = []
-        if self.processes:
-            reasons.append(f"{len(self.processes)} compute process(es)")
+        if foreign:
+            reasons.append(f"{len(foreign)} compute process(es)")
         if self.utilization_pct is not None and self.utilization_pct >= BUSY_UTILIZATION_PCT:
             reasons.append(f"{self.utilization_pct:.0f} % utilisation")
         if (
@@ -110,7 +124,8 @@ class StraySurvey:
         why = seen.busy_because() if seen is not None else None
         if seen is None or why is None:
             return None
-        running = "; ".join(p.describe() for p in seen.processes) or "no process visible from here"
+        foreign = [p for p in seen.processes if not p.sibling]
+        running = "; ".join(p.describe() for p in foreign) or "no process visible from here"
         orphan = any(p.suite_session for p in seen.processes)
         cause = (
             "a load of an earlier pytest-gpuhost run still runs (its pytest was killed)"
@@ -230,6 +245,25 @@ def read_activity_smi(host: Host, gpus: Sequence[GpuInfo], timeout: float) -> di
     return activity
 
 
+def is_sibling(labels: dict[str, str]) -> bool:
+    """The container of this very run: this process, or another pytest-xdist worker of its controller."""
+    if labels.get(LABEL_HOSTNAME) != socket.gethostname():
+        return False
+    pid = labels.get(LABEL_PID, "")
+    if not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return True
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    fields = stat.rsplit(")", 1)[-1].split()
+    return len(fields) > 1 and fields[1] == str(os.getppid())
+
+
 def name_containers(
     client: docker.DockerClient | None, activity: dict[str, GpuActivity]
 ) -> dict[str, GpuActivity]:
@@ -251,7 +285,12 @@ def name_containers(
                     session = labels.get(LABEL_SESSION, "") if LABEL_OWNER in labels else ""
                     if session and labels.get(LABEL_CHECK):
                         session = f"{session}, check {labels[LABEL_CHECK]}"
-                    process = replace(process, container_name=str(container.name), suite_session=session)
+                    process = replace(
+                        process,
+                        container_name=str(container.name),
+                        suite_session=session,
+                        sibling=LABEL_OWNER in labels and is_sibling(labels),
+                    )
             processes.append(process)
         named[uuid] = replace(seen, processes=tuple(processes))
     return named

@@ -113,3 +113,23 @@ def test_an_orphaned_suite_load_is_named_as_such() -> None:
 )
 def test_what_counts_as_busy(activity: GpuActivity, busy_because: str | None) -> None:
     assert activity.busy_because() == busy_because
+
+
+def test_this_runs_own_load_is_not_a_stranger(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another pytest-xdist worker of this run (same controller) burns: not stray load."""
+    import os
+
+    from pytest_gpuhost.stray_load import is_sibling
+
+    me = {LABEL_OWNER: "1", LABEL_HOSTNAME: socket.gethostname(), LABEL_PID: str(os.getpid())}
+    assert is_sibling(me)
+    parent = {**me, LABEL_PID: str(os.getppid())}
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+    assert not is_sibling(parent)  # our parent is not a worker of ours
+    assert not is_sibling({**me, LABEL_HOSTNAME: "elsewhere"})
+    own = GpuProcess(pid=7, container_id=CONTAINER, sibling=True)
+    stranger = GpuProcess(pid=8)
+    assert GpuActivity("u", utilization_pct=100.0, processes=(own,)).busy_because() is None
+    assert GpuActivity("u", utilization_pct=100.0, processes=(own, stranger)).busy_because() == (
+        "1 compute process(es), 100 % utilisation"
+    )
