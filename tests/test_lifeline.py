@@ -24,7 +24,7 @@ HOST_PYTHON = "/usr/bin/python3"
 PROMISE_S = 2.0
 
 
-def wait_for_file(path: Path, proc: subprocess.Popen[bytes], seconds: float = 60.0) -> str:
+def wait_for_file(path: Path, proc: subprocess.Popen[bytes], seconds: float = 120.0) -> str:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if path.exists() and path.read_text().strip():
