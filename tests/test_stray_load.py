@@ -15,6 +15,7 @@ import pytest
 from docker_support import busybox_image, docker_client_or_skip
 
 from conftest import GpuhostPytester
+from pytest_gpuhost.burn.criteria import CRITERIA
 from pytest_gpuhost.containers import LABEL_CHECK, LABEL_HOSTNAME, LABEL_OWNER, LABEL_PID, LABEL_SESSION
 from pytest_gpuhost.facts.model import GpuInfo
 from pytest_gpuhost.stray_load import GpuActivity, GpuProcess, StraySurvey
@@ -133,3 +134,17 @@ def test_this_runs_own_load_is_not_a_stranger(monkeypatch: pytest.MonkeyPatch) -
     assert GpuActivity("u", utilization_pct=100.0, processes=(own, stranger)).busy_because() == (
         "1 compute process(es), 100 % utilisation"
     )
+
+
+def test_no_burn_is_stacked_on_a_busy_gpu(gpuhost_pytester: GpuhostPytester) -> None:
+    """The burn's checks on the busy GPU are skipped before the burn fixture starts anything."""
+    host = gpuhost_pytester.setup("h100", nvml_edit=busy)
+    fake_process(host.root)
+    result = gpuhost_pytester.run_plain(
+        "--gpuhost-tier", "burn", "--gpuhost-burn", "5s", "-k", "test_burn", "-rs"
+    )
+    outcomes = result.parseoutcomes()
+    assert (
+        outcomes.get("skipped") == len(CRITERIA) and not outcomes.get("passed") and not outcomes.get("failed")
+    )
+    result.stdout.fnmatch_lines(["SKIPPED [[]7[]]*not measured: GPU 0 (GPU-*) is already busy: *pid 4242*"])
