@@ -25,8 +25,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     if not is_enabled(config):
         return
+    from pytest_gpuhost.facts.nvml import reset_nvml_dead
     from pytest_gpuhost.session import GpuhostSession
 
+    reset_nvml_dead()  # an NVML that hung in an earlier in-process session is tried again
     try:
         GpuhostSession.install(config)
     except UsageError as exc:

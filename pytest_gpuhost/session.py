@@ -153,6 +153,7 @@ class GpuhostSession:
             health_fixtures,
             report_fixtures,
             runtime_fixtures,
+            stray_load,
             workload_fixtures,
         )
         from pytest_gpuhost.report_json import PLUGIN_NAME, JsonReport, inventory_from_facts
@@ -180,6 +181,7 @@ class GpuhostSession:
             report_fixtures,
             runtime_fixtures,
             workload_fixtures,
+            stray_load,
         )
         for module in modules:
             # Idempotent: a test may already have loaded one with `-p`.

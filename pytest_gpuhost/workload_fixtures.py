@@ -26,11 +26,13 @@ from pytest_gpuhost.options import FAULT_SWITCH
 from pytest_gpuhost.remote import is_remote
 from pytest_gpuhost.session import select_gpus
 from pytest_gpuhost.settings import Settings
+from pytest_gpuhost.stray_load import busy_gpus
 from pytest_gpuhost.workload_runner import (
     WorkloadOutcome,
+    follow_lines,
     run_workload,
+    started_workload,
     workload_command,
-    workload_files,
     workload_image,
 )
 
@@ -98,19 +100,13 @@ def container_load(
     def load(gpu: GpuInfo) -> Iterator[object]:
         argv = workload_command(settings, "burn.py", "--seconds", "120", "--gpus", "0", "--max-mem-gib", "2")
         argv.append("--no-verify")
-        with containers.started(
-            workload_image(settings),
-            argv,
-            check="gpu-load",
-            gpus=GpuRequest((gpu,)),
-            files=workload_files(),
+        with started_workload(
+            containers, workload_image(settings), argv, check="gpu-load", gpus=GpuRequest((gpu,))
         ) as running:
             log = burn_workload.WorkloadLog()
-            deadline = time.monotonic() + LOAD_START_TIMEOUT_S
-            for chunk in running.container.logs(stream=True, follow=True):
-                for line in chunk.decode(errors="replace").splitlines():
-                    log.feed(line)
-                if log.starts or log.progress or time.monotonic() > deadline:
+            for line in follow_lines(running, LOAD_START_TIMEOUT_S):
+                log.feed(line)
+                if log.starts or log.progress:
                     break
             time.sleep(1.0)  # clocks and the PCIe link settle within a second of the load
             yield log
@@ -126,30 +122,17 @@ def report_dir(config: pytest.Config) -> Path:
 
 
 def _container_launcher(
-    containers: Containers, settings: Settings, gpus: tuple[GpuInfo, ...]
+    containers: Containers, settings: Settings, gpus: tuple[GpuInfo, ...], seconds: float
 ) -> Callable[[list[str]], AbstractContextManager[tuple[Iterator[str], Callable[[], None]]]]:
+    from pytest_gpuhost.burn.run import SETUP_MARGIN_S
+
     @contextmanager
     def launch(argv: list[str]) -> Iterator[tuple[Iterator[str], Callable[[], None]]]:
-        with containers.started(
-            workload_image(settings),
-            argv,
-            check="burn",
-            gpus=GpuRequest(gpus),
-            files=workload_files(),
+        with started_workload(
+            containers, workload_image(settings), argv, check="burn", gpus=GpuRequest(gpus)
         ) as running:
-
-            def lines() -> Iterator[str]:
-                pending = b""
-                for chunk in running.container.logs(stream=True, follow=True):
-                    pending += chunk
-                    *complete, pending = pending.split(b"\n")
-                    for line in complete:
-                        yield line.decode(errors="replace")
-                if pending:
-                    yield pending.decode(errors="replace")
-
             # SIGKILL: the guard must stop the load at once, and `finally` removes the container.
-            yield lines(), running.kill
+            yield follow_lines(running, seconds + SETUP_MARGIN_S + 60), running.kill
 
     return launch
 
@@ -163,13 +146,19 @@ def gpuhost_burn(
     gpus = select_gpus(gpuhost_facts.gpus, settings.gpus)  # this host's, in a fleet run
     seconds = settings.burn_seconds or 60.0
     host: Host = request.getfixturevalue("gpuhost_host")
+    busy = busy_gpus(request.config, host.name, gpus)  # never stack a burn on someone's load
+    gpus = tuple(g for g in gpus if g.uuid not in busy)
+    if not gpus:
+        pytest.skip("not measured: every selected GPU is already busy (see test_no_stray_load)")
     if settings.burn_on == "host" and is_remote(host):
         pytest.skip(
             "--gpuhost-burn-on host runs the workload where pytest runs: burn a remote host in a container"
         )
     telemetry = remote_telemetry(host, gpus, seconds, settings.timeout) if is_remote(host) else None
     if settings.burn_on == "host":
-        argv = burn_workload.command(seconds, [g.index for g in gpus], python=sys.executable)
+        argv = burn_workload.command(
+            seconds, [g.index for g in gpus], python=sys.executable, temp_limit=settings.temp_limit
+        )
         launcher: Launcher = host_process
         in_container = False
     else:
@@ -177,8 +166,17 @@ def gpuhost_burn(
         probe: GpuContainerProbe = request.getfixturevalue("gpuhost_gpu_container")
         probe.require()
         containers: Containers = request.getfixturevalue("gpuhost_containers")
-        argv = workload_command(settings, "burn.py", "--seconds", f"{seconds:g}", "--gpus", "all")
-        launcher = _container_launcher(containers, settings, gpus)
+        argv = workload_command(
+            settings,
+            "burn.py",
+            "--seconds",
+            f"{seconds:g}",
+            "--gpus",
+            "all",
+            "--temp-limit",
+            f"{settings.temp_limit:g}",
+        )
+        launcher = _container_launcher(containers, settings, gpus, seconds)
         in_container = True
     return run_burn(
         gpus,

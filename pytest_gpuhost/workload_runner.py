@@ -3,19 +3,36 @@
 The scripts in ``pytest_gpuhost/workloads`` are standalone: they are copied into each container
 at ``/gpuhost/workloads`` before it starts (through the Docker API, so a remote host needs no
 copy of the package) and each prints JSON on stdout.
+
+Every workload runs under ``lifeline.py``, whose stdin is attached to this process: when pytest
+ends, however it ends, the daemon closes that stdin and the workload is ended within a second
+(the container stops), with no help from the workload script. The followed output has a deadline
+of its own, because docker-py disables the socket timeout for followed logs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import json
+import queue
 import tarfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_gpuhost.containers import ContainerFailure, ContainerResult, Containers, GpuRequest
+from pytest_gpuhost.containers import (
+    NO_GPUS,
+    ContainerFailure,
+    ContainerResult,
+    Containers,
+    GpuRequest,
+    RunningContainer,
+)
 from pytest_gpuhost.diagnosis import Diagnosis
 from pytest_gpuhost.settings import Settings
 
@@ -46,8 +63,124 @@ def workload_files() -> bytes:
     return buffer.getvalue()
 
 
+LIFELINE_SCRIPT = "lifeline.py"
+# The container's stdin stays open for our attach, and the daemon closes it when we let go.
+LIFELINE_CREATE: dict[str, Any] = {"stdin_open": True}  # docker-py adds StdinOnce with it
+ARM = b"1"
+
+
+def lifeline_path() -> Path:
+    """The watchdog on this machine, for workloads run as host processes."""
+    return WORKLOADS_DIR / LIFELINE_SCRIPT
+
+
+def with_lifeline(python: str, lifeline: str, argv: Sequence[str]) -> list[str]:
+    """``argv`` run as the child of the lifeline watchdog."""
+    return [python, "-u", lifeline, "--", *argv]
+
+
 def workload_command(settings: Settings, script: str, *args: str) -> list[str]:
-    return [settings.python, "-u", f"{MOUNT_POINT}/{script}", *args]
+    """A shipped script as it runs in a container: under the lifeline watchdog."""
+    inner = [settings.python, "-u", f"{MOUNT_POINT}/{script}", *args]
+    return with_lifeline(settings.python, f"{MOUNT_POINT}/{LIFELINE_SCRIPT}", inner)
+
+
+def _send(sock: Any, data: bytes) -> None:
+    raw = getattr(sock, "_sock", sock)  # a unix socket comes wrapped in a SocketIO
+    raw.sendall(data)
+
+
+def _close(sock: Any) -> None:
+    raw = getattr(sock, "_sock", sock)
+    with contextlib.suppress(Exception):
+        raw.close()
+    with contextlib.suppress(Exception):
+        sock.close()
+
+
+def hold_lifeline(running: RunningContainer) -> Any:
+    """Attach to the container's stdin and arm its watchdog; keep the returned socket open for as
+    long as the workload may run (closing it, or this process ending, ends the workload)."""
+    import docker
+
+    try:
+        sock = running.container.attach_socket(params={"stdin": 1, "stream": 1})
+        _send(sock, ARM)
+    except (docker.errors.APIError, OSError) as exc:
+        running.kill()
+        raise ContainerFailure(
+            Diagnosis(
+                f"cannot attach to the workload container's stdin: {exc}",
+                "the daemon refused the attach that ties the workload's life to this pytest",
+                "`docker attach` the same container by hand; `sudo journalctl -u docker`",
+            )
+        ) from None
+    return sock
+
+
+@contextlib.contextmanager
+def started_workload(
+    containers: Containers,
+    image: str,
+    argv: Sequence[str],
+    *,
+    check: str,
+    gpus: GpuRequest = NO_GPUS,
+    environment: dict[str, str] | None = None,
+) -> Iterator[RunningContainer]:
+    """A workload container (``argv`` from :func:`workload_command`) held by its lifeline."""
+    with containers.started(
+        image,
+        argv,
+        check=check,
+        gpus=gpus,
+        files=workload_files(),
+        environment=environment,
+        **LIFELINE_CREATE,
+    ) as running:
+        sock = hold_lifeline(running)
+        try:
+            yield running
+        finally:
+            _close(sock)
+
+
+class _End:
+    """The followed stream ended (or failed)."""
+
+
+def follow_lines(running: RunningContainer, seconds: float) -> Iterator[str]:
+    """The container's output lines as they come, for at most ``seconds``: at the deadline the
+    container is killed and the iteration ends even when the daemon's stream never does."""
+    lines: queue.Queue[str | _End] = queue.Queue()
+
+    def pump() -> None:
+        pending = b""
+        try:
+            for chunk in running.container.logs(stream=True, follow=True):
+                pending += chunk
+                *complete, pending = pending.split(b"\n")
+                for line in complete:
+                    lines.put(line.decode(errors="replace"))
+        except Exception:  # the daemon went away: the iteration ends; the caller diagnoses
+            pass
+        finally:
+            if pending:
+                lines.put(pending.decode(errors="replace"))
+            lines.put(_End())
+
+    threading.Thread(target=pump, name="gpuhost:follow-logs", daemon=True).start()
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            item = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            # kill in a thread of its own: a hung daemon must not hang the caller either
+            threading.Thread(target=running.kill, name="gpuhost:kill", daemon=True).start()
+            return
+        if isinstance(item, _End):
+            return
+        yield item
 
 
 def last_json_object(text: str) -> dict[str, Any] | None:
@@ -132,15 +265,15 @@ def run_workload(
 ) -> WorkloadOutcome:
     image = workload_image(settings)
     try:
-        result = containers.run(
+        with started_workload(
+            containers,
             image,
             workload_command(settings, script, *args),
             check=check,
-            timeout=timeout,
             gpus=gpus,
-            files=workload_files(),
             environment=environment,
-        )
+        ) as running:
+            result = running.wait(timeout)
     except ContainerFailure as exc:
         found = exc.diagnosis.found
         if "executable file not found" in found or (settings.python in found and "no such file" in found):

@@ -49,6 +49,14 @@ def _preload_plugin_modules() -> None:
 _preload_plugin_modules()
 
 
+@pytest.fixture(autouse=True)
+def _nvml_alive_again() -> None:
+    """A test whose fake NVML hangs marks NVML dead for the process: the next test starts afresh."""
+    from pytest_gpuhost.facts.nvml import reset_nvml_dead
+
+    reset_nvml_dead()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "packaging: builds and installs the wheel (~10 s); deselect with -m 'not packaging'"

@@ -353,6 +353,35 @@ def test_stuck_nvml_read_is_detected_and_stops_the_burn() -> None:
         sampler.close()
 
 
+def test_a_sampler_hung_at_close_is_reported_stuck_not_clean() -> None:
+    """The watchdog has not noticed yet (a long stuck_after_s): close itself must not call it clean."""
+    nvml, stop = FakeNvml(), StopRecorder()
+    gate = threading.Event()
+    sampler = make_sampler(nvml, stop, stuck_after_s=30.0)
+    sampler.start()
+    try:
+        assert wait_for(lambda: len(sampler.samples(0)) >= 2)
+        nvml.block["nvmlDeviceGetPowerUsage"] = gate
+        assert wait_for(lambda: nvml.blocked_at is not None)
+        sampler.close(timeout_s=0.3)
+        assert sampler.state == "stuck" and not sampler.ok
+        assert sampler.error is not None and "power read of GPU 0" in sampler.error
+        assert "did not return" in sampler.error
+    finally:
+        gate.set()
+        sampler.close()
+
+
+def test_the_first_failure_is_the_one_reported() -> None:
+    """Crash, stuck and closed race in three threads: the state leaves running once."""
+    sampler = make_sampler(FakeNvml(), StopRecorder())
+    sampler.state = "running"
+    assert sampler._leave_running("stuck", "first")
+    assert not sampler._leave_running("crashed", "second")
+    assert not sampler._leave_running("closed", None)
+    assert (sampler.state, sampler.error) == ("stuck", "first")
+
+
 def test_lost_gpu_blinds_the_guard_which_stops_the_burn() -> None:
     nvml, stop = FakeNvml(), StopRecorder()
     lost = threading.Event()

@@ -262,3 +262,117 @@ def test_no_verify_reports_no_error_count(finished: dict[str, Finished]) -> None
     assert run.code == burn.EXIT_OK, run.stderr
     assert done.errors is None and not done.verified and done.verify_cost is None
     assert done.iters > 0 and done.verify_seconds == 0.0 and done.max_err_ratio is None
+
+
+HANGS_IN_SETUP = """
+import sys, threading
+sys.path.insert(0, {folder!r})
+import burn
+burn.JOIN_GRACE_S = 0.2
+class HangsInCudaStartup:
+    def __init__(self, *args):
+        threading.Event().wait()
+burn.TorchEngine = HangsInCudaStartup
+burn.load_backend = lambda device: ("torch", None)
+sys.exit(burn.main(["--device", "cpu", "--gpus", "0", "--setup-timeout", "0.5", "--seconds", "600"]))
+"""
+
+
+def test_a_worker_hung_in_cuda_startup_still_ends_the_script() -> None:
+    """Before its burn deadline is set, the setup deadline holds: no burn waits forever."""
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", HANGS_IN_SETUP.format(folder=str(SCRIPT.parent))],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == burn.EXIT_WORKER
+    assert time.monotonic() - started < 15
+    log = WorkloadLog.from_lines(done.stdout.splitlines())
+    assert log.results[0].stopped == "hung"
+
+
+# --- the thermal guard inside the workload --------------------------------------------------------
+
+
+def test_the_thermal_guard_trips_at_the_limit_and_says_why() -> None:
+    out_lines: list[str] = []
+
+    class Lines:
+        def write(self, text: str) -> None:
+            out_lines.append(text)
+
+        def flush(self) -> None:
+            pass
+
+    stop = burn.StopFlag()
+    temps = iter([60.0, 70.0, 84.0, 85.0, 99.0])
+    guard = burn.ThermalGuard(
+        85.0, stop, burn.Output(Lines()), lambda: ["GPU-a"], lambda: {"GPU-a": next(temps)}, period_s=0.01
+    )
+    guard.start()
+    guard.join(5)
+    assert stop.reason == burn.GUARD_STOP
+    assert guard.tripped == "GPU-a reached 85 °C, at or above the limit of 85 °C"
+    log = WorkloadLog.from_lines("".join(out_lines).splitlines())
+    assert log.thermal_guard == guard.tripped and not log.errors
+
+
+def test_the_thermal_guard_stops_a_burn_it_cannot_watch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(burn, "GUARD_BLIND_S", 0.2)
+    stop = burn.StopFlag()
+    guard = burn.ThermalGuard(85.0, stop, burn.Output(), lambda: ["GPU-a"], lambda: {"GPU-a": None}, 0.01)
+    started = time.monotonic()
+    guard.start()
+    guard.join(5)
+    assert stop.reason == burn.GUARD_STOP and time.monotonic() - started < 2
+    assert guard.tripped is not None and "unreadable" in guard.tripped
+
+
+HEATS_UP = """
+import sys, time
+sys.path.insert(0, {folder!r})
+import burn
+started = time.monotonic()
+class HeatingNvml:
+    def handles(self):
+        return {{"GPU-cpu": 0}}
+    def temperature(self, handle):
+        return 40.0 + 20.0 * (time.monotonic() - started)
+burn.Nvml = HeatingNvml
+sys.exit(burn.main(["--device", "cpu", "--n", "128", "--seconds", "60", "--temp-limit", "50"]))
+"""
+
+
+def test_the_workload_stops_itself_at_the_temperature_limit() -> None:
+    """The limit passed in at start stops the burn with no help from the runner (exit 5)."""
+    needs_torch()
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", HEATS_UP.format(folder=str(SCRIPT.parent))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == burn.EXIT_GUARD, done.stderr
+    assert time.monotonic() - started < 20
+    log = WorkloadLog.from_lines(done.stdout.splitlines())
+    assert log.thermal_guard is not None and "at or above the limit of 50 °C" in log.thermal_guard
+    assert log.results[0].stopped == burn.GUARD_STOP
+
+
+def test_the_runner_passes_the_limit_and_its_guard_is_off_only_with_both_switches(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pytest_gpuhost.burn import run
+    from pytest_gpuhost.burn.workload import command
+
+    argv = command(60, [0], temp_limit=83.0)
+    assert argv[argv.index("--temp-limit") + 1] == "83"
+    assert burn.parse_args(argv[2:]).temp_limit == 83.0
+    monkeypatch.setenv(run.RUNNER_GUARD_OFF, "1")
+    monkeypatch.delenv(FAULT_ENV, raising=False)
+    assert not run.runner_guard_disabled()
+    monkeypatch.setenv(FAULT_ENV, "1")
+    assert run.runner_guard_disabled()

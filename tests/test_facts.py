@@ -34,7 +34,7 @@ from pytest_gpuhost.facts.gather import (
     derive_preconditions,
     gather_host_facts,
 )
-from pytest_gpuhost.facts.model import KernelFacts, PciGpu, normalize_pci_bus_id
+from pytest_gpuhost.facts.model import GpuInfo, KernelFacts, PciGpu, normalize_pci_bus_id
 from pytest_gpuhost.facts.nvml import read_nvml
 from pytest_gpuhost.facts.smi import classify_smi_failure, parse_smi_xml, read_smi
 from pytest_gpuhost.facts.system import gather_kernel, parse_module_version, scan_pci
@@ -379,6 +379,26 @@ def test_read_nvml_hang_times_out(fake_nvml: Any, monkeypatch: pytest.MonkeyPatc
         "timeout",
         "NVML did not return within 0.2 s",
     )
+
+
+def test_after_one_nvml_timeout_nvml_is_dead_for_the_session(
+    fake_nvml: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """One timeout per session: later reads (facts, live readings) say so at once, not 30 s each."""
+    from pytest_gpuhost.facts.health import read_live
+
+    use_capture(monkeypatch, tmp_path, "h100")
+    monkeypatch.setenv("GPUHOST_FAKE_NVML_HANG", "nvmlDeviceGetCount:2")
+    assert read_nvml(0.2, lambda: fake_nvml).error_kind == "timeout"
+    monkeypatch.delenv("GPUHOST_FAKE_NVML_HANG")  # even a recovered NVML is not asked again
+    started = time.monotonic()
+    again = read_nvml(30, lambda: fake_nvml)
+    gpu = GpuInfo(index=0, uuid="GPU-x", name="", pci_bus_id="00000000:00:00.0")
+    live = read_live(LocalHost(), gpu, 30, use_nvml=True, loader=lambda: fake_nvml)
+    assert time.monotonic() - started < 1.0
+    assert (again.ok, again.error_kind) == (False, "timeout")
+    assert again.error == "NVML counts as dead for this session: NVML did not return within 0.2 s"
+    assert all("NVML counts as dead" in why.detail for why in live.unavailable.values())
 
 
 # -- the fake pynvml against the real nvidia-ml-py ----------------------------------------------

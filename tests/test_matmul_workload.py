@@ -23,7 +23,9 @@ from typing import Any
 
 import pytest
 
+from conftest import GpuhostPytester
 from pytest_gpuhost import numerics
+from pytest_gpuhost.workload_fixtures import MATMUL_DTYPES
 
 SCRIPT = Path(__file__).resolve().parent.parent / "pytest_gpuhost" / "workloads" / "matmul.py"
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -351,3 +353,44 @@ def test_nan_from_the_gpu_is_a_violation_not_a_pass(script: ModuleType) -> None:
     assert (result["worst"]["row"], result["worst"]["col"]) in {(550, 7), (20, 30)}
     clean = script.compare(fw, a, b, a @ b, "float32")
     assert clean["violations"] == 0 and clean["error_to_bound"] <= 1e-6
+
+
+# -- the shipped compute check against a recorded run ---------------------------------------------
+
+RECORDED_MATMUL_CONFTEST = """
+import json
+
+import pytest
+
+from pytest_gpuhost.containers import ContainerResult
+from pytest_gpuhost.workload_runner import WorkloadOutcome
+
+
+class _Recorded:
+    def get(self, gpu):
+        text = open({path!r}).read()
+        return WorkloadOutcome(json.loads(text), ContainerResult(0, text, "", False, 1.0), None)
+
+
+@pytest.fixture(scope="session")
+def gpuhost_matmul():
+    return _Recorded()
+"""
+
+
+@needs_torch
+def test_the_shipped_compute_check_judges_every_dtype_of_a_recorded_run(
+    clean_run: Run, gpuhost_pytester: GpuhostPytester, tmp_path: Path
+) -> None:
+    """The check's dtype names and the script's are one list: each dtype is judged, none missing."""
+    recorded = tmp_path / "matmul-record.json"
+    recorded.write_text(json.dumps(clean_run.report))
+    gpuhost_pytester.setup("h100", extra_conftest=RECORDED_MATMUL_CONFTEST.format(path=str(recorded)))
+    result = gpuhost_pytester.run_plain(
+        "--gpuhost-tier", "container", "-k", "test_matmul_matches_cpu_reference"
+    )
+    outcomes = result.parseoutcomes()
+    judged = outcomes.get("passed", 0) + outcomes.get("skipped", 0)
+    assert judged == len(MATMUL_DTYPES) and not outcomes.get("failed"), result.stdout.str()
+    assert outcomes.get("passed", 0) >= 3, result.stdout.str()
+    assert "reported nothing" not in result.stdout.str()

@@ -67,12 +67,22 @@ class Thresholds:
         return cls(**values)
 
 
+# The one list of criterion names: the burn check is parametrized by it, and a Finding refuses any
+# other name, so a renamed criterion fails the plugin's own tests instead of skipping on every host.
+CRITERIA = ("telemetry", "temperature", "slowdown", "clock-events", "fan", "load", "verification")
+NOT_JUDGED = "not judged, the GPU gave no samples (see the telemetry check)"
+
+
 @dataclass(frozen=True)
 class Finding:
     criterion: str
     status: Status
     summary: str
     diagnosis: Diagnosis | None = None
+
+    def __post_init__(self) -> None:
+        if self.criterion not in CRITERIA:
+            raise ValueError(f"unknown burn criterion {self.criterion!r}: add it to CRITERIA")
 
 
 @dataclass(frozen=True)
@@ -116,10 +126,14 @@ class Verdict:
         return tuple(f for f in self.findings if f.status == "fail")
 
     def finding(self, criterion: str) -> Finding:
+        """The finding for ``criterion``; a skip when the GPU gave no samples to judge it by.
+        A name outside CRITERIA is a programming error, never a skip."""
+        if criterion not in CRITERIA:
+            raise ValueError(f"unknown burn criterion {criterion!r}; the criteria are {', '.join(CRITERIA)}")
         for found in self.findings:
             if found.criterion == criterion:
                 return found
-        raise KeyError(criterion)
+        return Finding(criterion, "skip", f"{criterion}: {NOT_JUDGED}")
 
     def report(self) -> str:
         """The summary line, then each failure's diagnosis: the text of a failed check."""

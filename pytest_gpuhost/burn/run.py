@@ -8,9 +8,11 @@ in the same ``stop`` of the workload, and the launcher's ``finally`` removes wha
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -29,9 +31,13 @@ from pytest_gpuhost.containers import ContainerFailure
 from pytest_gpuhost.diagnosis import Diagnosis
 from pytest_gpuhost.facts.model import GpuInfo
 from pytest_gpuhost.host import end_process_group
+from pytest_gpuhost.workload_runner import ARM, lifeline_path, with_lifeline
 
 # A launcher starts the workload for argv and yields (its output lines, a stop function).
 Launcher = Callable[[list[str]], AbstractContextManager[tuple[Iterator[str], Callable[[], None]]]]
+# Test-only (with the fault switch too): the runner's temperature limit is off, so that a device
+# run can prove that the workload's own guard stops the burn. The blind guard stays on.
+RUNNER_GUARD_OFF = "GPUHOST_TEST_DISABLE_RUNNER_GUARD"
 SETUP_MARGIN_S = 180.0  # image start, framework import, allocation: beyond the burn's own duration
 IDLE_BASELINE_S = 1.0
 COOLDOWN_RECORD_S = 3.0
@@ -57,11 +63,23 @@ class BurnOutcome:
 
 @contextlib.contextmanager
 def host_process(argv: list[str]) -> Iterator[tuple[Iterator[str], Callable[[], None]]]:
-    """The workload as a process group of the host; SIGTERM, then SIGKILL, on stop and at exit."""
+    """The workload as a process group of the host; SIGTERM, then SIGKILL, on stop and at exit.
+    It runs under the lifeline watchdog, whose stdin is a pipe from this process: if pytest dies,
+    SIGKILL included, the pipe closes and the watchdog ends the workload within a second."""
     env = {**os.environ, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
     proc = subprocess.Popen(
-        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        with_lifeline(sys.executable, str(lifeline_path()), argv),
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
+    assert proc.stdin is not None
+    with contextlib.suppress(OSError):
+        proc.stdin.write(ARM.decode())
+        proc.stdin.flush()
 
     def stop() -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -75,6 +93,12 @@ def host_process(argv: list[str]) -> Iterator[tuple[Iterator[str], Callable[[], 
         yield lines(), stop
     finally:
         end_process_group(proc)
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+
+
+def runner_guard_disabled() -> bool:
+    return os.environ.get(RUNNER_GUARD_OFF) == "1" and os.environ.get(workload.FAULT_ENV) == "1"
 
 
 def _back_to_idle(samples: Sequence[Sample], after: float, limit_w: float | None) -> float | None:
@@ -104,7 +128,7 @@ def run_burn(
     workload sees them: 0..k-1 in a container, NVML indices on the host. ``telemetry`` gives the
     sampler its pynvml (a remote host's nvidia-smi stream); None is this machine's NVML."""
     outcome = BurnOutcome()
-    guard = TemperatureGuard(limit_c=temp_limit_c)
+    guard = TemperatureGuard(limit_c=temp_limit_c if not runner_guard_disabled() else math.inf)
     stoppers: list[Callable[[], None]] = []
     stop_requested = threading.Event()
 
@@ -155,6 +179,8 @@ def run_burn(
     finally:
         sampler.close()
     outcome.guard_reason = guard.reason
+    if guard.reason is None and outcome.log.thermal_guard is not None:
+        outcome.guard_reason = f"the workload's own guard: {outcome.log.thermal_guard}"
     monitor_error = None if sampler.ok else sampler.error
     by_uuid = {start.uuid: index for index, start in outcome.log.starts.items() if start.uuid}
     for position, gpu in enumerate(gpus):
@@ -169,7 +195,7 @@ def run_burn(
             uuid=gpu.uuid,
             start=launched,
             end=ended,
-            guard_reason=guard.reason,
+            guard_reason=outcome.guard_reason,
             monitor_error=monitor_error,
         )
         outcome.stop_to_idle_s[gpu.uuid] = _back_to_idle(samples, ended, thresholds.power_limit_w)

@@ -8,6 +8,10 @@ monitoring also ends the burn, so no GPU is left burning unwatched.
 
 ``stop`` runs in a thread of its own, at most once, so that a slow stop (``docker kill``) neither
 delays nor interrupts the sampling of the cool-down.
+
+The state is written by three threads (sampler, watchdog, the caller's ``close``): every change
+goes through one lock and leaves ``running`` at most once, so the first failure seen is the one
+reported, and a sampling thread still hung at ``close`` is reported as stuck, never as a clean stop.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 from pytest_gpuhost.burn.model import GpuStatic, Sample
-from pytest_gpuhost.facts.nvml import load_pynvml
+from pytest_gpuhost.facts.nvml import load_pynvml, nvml_call
 from pytest_gpuhost.timeouts import call_with_timeout
 
 State = Literal["new", "running", "closed", "crashed", "stuck"]
@@ -98,6 +102,7 @@ class Sampler:
         self._handles: list[_Gpu] = []
         self._samples: dict[int, list[Sample]] = {}
         self._lock = threading.Lock()
+        self._state_lock = threading.Lock()
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         self._watchdog: threading.Thread | None = None
@@ -129,8 +134,10 @@ class Sampler:
         except ImportError as exc:
             raise SamplerError(f"pynvml cannot be imported: {exc}") from exc
         nvml = self._nvml
+        # This machine's NVML shares the session's dead-after-one-timeout rule; a remote stream does not.
+        opener = nvml_call if self._loader is load_pynvml else call_with_timeout
         try:
-            call_with_timeout(self._open, self.start_timeout_s, "NVML (burn sampler start)")
+            opener(self._open, self.start_timeout_s, "NVML (burn sampler start)")
         except nvml.NVMLError as exc:
             raise SamplerError(f"NVML: {exc}") from exc
         except TimeoutError as exc:
@@ -155,8 +162,14 @@ class Sampler:
         if self.t_end is None:
             self.t_end = time.monotonic()
         hung = self._thread is not None and self._thread.is_alive()
-        if self.state == "running":
-            self.state = "closed"
+        if hung:
+            where = self._in_call
+            call = f"NVML {where[1]} read of GPU {where[0]}" if where else "the sampling thread"
+            self._leave_running(
+                "stuck", f"{call} did not return within {timeout_s:g} s of the stop: monitoring is stuck"
+            )
+        else:
+            self._leave_running("closed", None)
         if not hung and self._nvml is not None:  # a hung NVML would hang its shutdown too
             nvml = self._nvml
             with contextlib.suppress(TimeoutError, nvml.NVMLError):
@@ -352,9 +365,7 @@ class Sampler:
                     next_tick = now + self.period - (now - next_tick) % self.period
                 self._closing.wait(next_tick - now)
         except BaseException as exc:  # any failure of the monitoring stops the burn
-            if self.state == "running":
-                self.state = "crashed"
-                self.error = f"sampler crashed: {type(exc).__name__}: {exc}"
+            self._leave_running("crashed", f"sampler crashed: {type(exc).__name__}: {exc}")
             self._request_stop(self.error or f"sampler crashed: {exc!r}")
         finally:
             self._cpu_sampler = time.thread_time()
@@ -368,19 +379,29 @@ class Sampler:
                 return
             thread = self._thread
             if thread is not None and not thread.is_alive():
-                self.state = "crashed"
-                self.error = self.error or "sampler thread ended unexpectedly"
-                self._request_stop(self.error)
+                self._leave_running("crashed", "sampler thread ended unexpectedly")
+                self._request_stop(self.error or "sampler thread ended unexpectedly")
                 return
             silent = time.monotonic() - self._beat
             if silent > self.stuck_after_s:
                 where = self._in_call
                 call = f"NVML {where[1]} read of GPU {where[0]}" if where else "the sampler"
-                self.state = "stuck"
-                self.error = f"{call} has not returned for {silent:.1f} s: monitoring is stuck"
-                self._request_stop(self.error)
+                self._leave_running(
+                    "stuck", f"{call} has not returned for {silent:.1f} s: monitoring is stuck"
+                )
+                self._request_stop(self.error or "monitoring is stuck")
                 return
         self._cpu_watchdog = time.thread_time()
+
+    def _leave_running(self, state: State, error: str | None) -> bool:
+        """The one way out of ``running``: the first caller wins, later ones change nothing."""
+        with self._state_lock:
+            if self.state != "running":
+                return False
+            self.state = state
+            if error is not None and self.error is None:
+                self.error = error
+            return True
 
     def _request_stop(self, reason: str) -> None:
         with self._lock:

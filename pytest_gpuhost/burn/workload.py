@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 FAULT_ENV = "GPUHOST_ALLOW_FAULT_INJECTION"
-EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_NO_BACKEND, EXIT_WORKER = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_NO_BACKEND, EXIT_WORKER, EXIT_GUARD = 0, 1, 2, 3, 4, 5
 
 
 def script_path() -> Path:
@@ -32,6 +32,7 @@ def command(
     stop_file: str | Path | None = None,
     verify: bool = True,
     mem_fraction: float | None = None,
+    temp_limit: float | None = None,
     extra: Sequence[str] = (),
 ) -> list[str]:
     """argv for the workload. ``gpus`` are CUDA indices as the workload's process sees them
@@ -46,6 +47,8 @@ def command(
         argv.append("--no-verify")
     if mem_fraction is not None:
         argv += ["--mem-fraction", f"{mem_fraction:g}"]
+    if temp_limit is not None:
+        argv += ["--temp-limit", f"{temp_limit:g}"]
     return argv + list(extra)
 
 
@@ -168,6 +171,17 @@ def parse_line(line: str) -> Record | str | None:
     )
 
 
+def _thermal_guard(line: str) -> str | None:
+    """The reason in the workload guard's ``{"thermal_guard": ...}`` record, if this is one."""
+    if '"thermal_guard"' not in line:
+        return None
+    try:
+        data = json.loads(line.strip())
+    except ValueError:
+        return None
+    return str(data["thermal_guard"]) if isinstance(data, dict) and "thermal_guard" in data else None
+
+
 @dataclass
 class WorkloadLog:
     """Everything the workload printed, sorted by kind; feed it lines as they arrive."""
@@ -177,8 +191,13 @@ class WorkloadLog:
     results: dict[int, WorkloadResult] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     other: list[str] = field(default_factory=list)
+    thermal_guard: str | None = None  # why the workload's own guard stopped it, if it did
 
     def feed(self, line: str) -> Record | str | None:
+        tripped = _thermal_guard(line)
+        if tripped is not None:
+            self.thermal_guard = tripped
+            return None
         record = parse_line(line)
         if isinstance(record, WorkloadResult):
             self.results[record.gpu] = record

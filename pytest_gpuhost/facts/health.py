@@ -23,7 +23,7 @@ from typing import Any, Generic, TypeVar
 from pytest_gpuhost.diagnosis import Diagnosis
 from pytest_gpuhost.facts.model import GpuInfo, normalize_pci_bus_id
 from pytest_gpuhost.host import CommandResult, Host
-from pytest_gpuhost.timeouts import NativeCallTimeout, call_with_timeout
+from pytest_gpuhost.timeouts import NativeCallTimeout
 
 T = TypeVar("T")
 
@@ -688,10 +688,10 @@ def gather_health(
     nvml_error: str | None = None
     if use_nvml:
         try:
-            from pytest_gpuhost.facts.nvml import load_pynvml
+            from pytest_gpuhost.facts.nvml import load_pynvml, nvml_call
 
             nvml: Any = (loader or load_pynvml)()
-            gpus = call_with_timeout(lambda: read_nvml_health(nvml), timeout, "NVML health read")
+            gpus = nvml_call(lambda: read_nvml_health(nvml), timeout, "NVML health read")
             return HealthSurvey("nvml", gpus)
         except ImportError as exc:
             nvml_error = f"pynvml cannot be imported: {exc}"
@@ -716,11 +716,11 @@ def read_live(
 ) -> LiveReading:
     """One reading of the PCIe link and clock-event reasons: NVML, else sysfs plus nvidia-smi."""
     if use_nvml:
-        from pytest_gpuhost.facts.nvml import load_pynvml
+        from pytest_gpuhost.facts.nvml import load_pynvml, nvml_call
 
         try:
             nvml: Any = (loader or load_pynvml)()
-            return call_with_timeout(lambda: read_nvml_live(nvml, gpu.uuid), timeout, "NVML live read")
+            return nvml_call(lambda: read_nvml_live(nvml, gpu.uuid), timeout, "NVML live read")
         except Exception as exc:  # a timeout, or an NVMLError of a GPU gone bad
             failed = Unavailable(f"NVML: {exc}", False)
             return LiveReading(None, None, {F_PCIE: failed, F_CLOCKS: failed})

@@ -2,6 +2,10 @@
 
 ``pynvml`` is imported here and nowhere at plugin load time. The whole read runs under one
 timeout, because a wedged GPU can hang any NVML call.
+
+A hung NVML costs one timeout per session, not one per reading: after the first timeout of any
+NVML call made through :func:`nvml_call`, NVML counts as dead until the session ends (8 GPUs x 5
+readings x 30 s would otherwise be 20 minutes), and every later call says so at once.
 """
 
 from __future__ import annotations
@@ -23,6 +27,39 @@ ERROR_KINDS = {
     15: "gpu-lost",  # NVML_ERROR_GPU_IS_LOST
     18: "version-mismatch",  # NVML_ERROR_LIB_RM_VERSION_MISMATCH
 }
+
+
+class NvmlDead(NativeCallTimeout):
+    """NVML timed out earlier in this session: it is not called again."""
+
+    def __init__(self, first: NativeCallTimeout) -> None:
+        TimeoutError.__init__(self, f"NVML counts as dead for this session: {first}")
+        self.what, self.seconds = first.what, first.seconds
+
+
+_dead: list[NativeCallTimeout] = []  # the session's first NVML timeout, if any
+
+
+def nvml_dead() -> NativeCallTimeout | None:
+    """The NVML timeout that made NVML dead for this session, or None."""
+    return _dead[0] if _dead else None
+
+
+def reset_nvml_dead() -> None:
+    """A new session (pytest_configure, and each test of the plugin's own suite) trusts NVML again."""
+    _dead.clear()
+
+
+def nvml_call(fn: Callable[[], T], timeout: float, what: str) -> T:
+    """``call_with_timeout`` for NVML: raises :class:`NvmlDead` without calling once NVML hung."""
+    if _dead:
+        raise NvmlDead(_dead[0])
+    try:
+        return call_with_timeout(fn, timeout, what)
+    except NativeCallTimeout as exc:
+        if not _dead:
+            _dead.append(exc)
+        raise
 
 
 def _str(value: object) -> str:
@@ -116,7 +153,7 @@ def read_nvml(timeout: float, loader: Callable[[], ModuleType] | None = None) ->
     except ImportError as exc:
         return GpuListing("nvml", ok=False, error=f"pynvml cannot be imported: {exc}", error_kind="import")
     try:
-        return call_with_timeout(lambda: _read_all(nvml), timeout, "NVML")
+        return nvml_call(lambda: _read_all(nvml), timeout, "NVML")
     except NativeCallTimeout as exc:
         return GpuListing("nvml", ok=False, error=str(exc), error_kind="timeout")
     except nvml.NVMLError as exc:

@@ -19,13 +19,20 @@ once a second ``{"gpu", "t", "iters", "errors", "tflops", "max_err_ratio"}`` and
 ``max_err_ratio`` is the largest column deviation seen, as a fraction of its tolerance (null if NaN).
 
 Exit status: 0 clean, 1 verification errors, 2 usage (a refused fault injection too), 3 neither
-PyTorch nor CuPy (or no GPU), 4 a worker failed (CUDA error, out of memory) or hung in the driver.
+PyTorch nor CuPy (or no GPU), 4 a worker failed (CUDA error, out of memory) or hung in the driver,
+5 the burn's own thermal guard stopped it.
+
+The thermal guard (``--temp-limit``) is the second guard, inside the workload: it reads its GPUs'
+temperatures through NVML (``libnvidia-ml.so.1``, which the toolkit or the driver mounts give the
+container; ctypes, so no pynvml is needed) five times a second and stops the burn at the limit,
+even when the runner's guard never acts. A GPU it cannot read for two seconds stops the burn too.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import importlib
 import json
 import math
@@ -38,7 +45,18 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 FAULT_ENV = "GPUHOST_ALLOW_FAULT_INJECTION"
-EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_NO_BACKEND, EXIT_WORKER = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_NO_BACKEND, EXIT_WORKER, EXIT_GUARD = 0, 1, 2, 3, 4, 5
+GUARD_PERIOD_S = 0.2
+GUARD_BLIND_S = 2.0
+GUARD_STOP = "thermal-guard"
+# The loader's search first (the toolkit updates the container's cache), then where driver mounts put it.
+NVML_LIBRARIES = (
+    "libnvidia-ml.so.1",
+    "/usr/local/nvidia/lib64/libnvidia-ml.so.1",
+    "/usr/lib64/libnvidia-ml.so.1",
+    "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1",
+    "/usr/lib/aarch64-linux-gnu/libnvidia-ml.so.1",
+)
 
 N_MAX = 16384  # larger GEMMs draw no more power; this one is ~12 ms on an H100
 N_STEP = 256
@@ -50,6 +68,7 @@ REFERENCE_ROWS = 512  # rows of C computed in float64 to estimate each column's 
 BATCH_TARGET_S = 0.1  # GEMMs are enqueued in batches of about this long; bounds the stop latency
 BATCH_MAX = 256
 JOIN_GRACE_S = 10.0  # a worker stuck in the driver this long after the stop is reported as hung
+SETUP_TIMEOUT_S = 300.0  # CUDA start-up, allocation and the reference: a worker still there is hung
 
 UNIT_ROUNDOFF = {"bfloat16": 2.0**-8, "float16": 2.0**-11, "float32": 2.0**-24}
 ITEM_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
@@ -441,6 +460,133 @@ def load_backend(device: str) -> tuple[str, Any]:
     raise RuntimeError("neither PyTorch nor CuPy can be imported")
 
 
+# --- the thermal guard inside the workload --------------------------------------------------------
+
+
+class Nvml:
+    """The few NVML calls the guard needs, through ctypes: the image needs no pynvml."""
+
+    def __init__(self, libraries: Sequence[str] = NVML_LIBRARIES) -> None:
+        errors = []
+        for library in libraries:
+            try:
+                self.lib = ctypes.CDLL(library)
+                break
+            except OSError as exc:
+                errors.append(str(exc))
+        else:
+            raise OSError("; ".join(errors[:2]))
+        self._check(self.lib.nvmlInit_v2(), "nvmlInit")
+
+    def _check(self, code: int, what: str) -> None:
+        if code != 0:
+            raise RuntimeError(f"{what} failed with NVML error {code}")
+
+    def handles(self) -> dict[str, Any]:
+        """Every GPU this process sees, by UUID (inside a container: the container's GPUs)."""
+        count = ctypes.c_uint()
+        self._check(self.lib.nvmlDeviceGetCount_v2(ctypes.byref(count)), "nvmlDeviceGetCount")
+        found = {}
+        for index in range(count.value):
+            handle = ctypes.c_void_p()
+            self._check(self.lib.nvmlDeviceGetHandleByIndex_v2(index, ctypes.byref(handle)), "handle")
+            uuid = ctypes.create_string_buffer(96)
+            self._check(self.lib.nvmlDeviceGetUUID(handle, uuid, 96), "nvmlDeviceGetUUID")
+            found[uuid.value.decode()] = handle
+        return found
+
+    def temperature(self, handle: Any) -> float:
+        value = ctypes.c_uint()
+        self._check(self.lib.nvmlDeviceGetTemperature(handle, 0, ctypes.byref(value)), "temperature")
+        return float(value.value)
+
+
+class ThermalGuard(threading.Thread):
+    """Stops the burn when a watched GPU reaches ``limit_c`` or cannot be read for a while.
+
+    ``watched`` gives the UUIDs of the GPUs the workers burn, once they know them (None: all
+    the GPUs NVML shows this process). ``read`` is a seam for the tests: uuid -> temperature.
+    """
+
+    def __init__(
+        self,
+        limit_c: float,
+        stop: StopFlag,
+        out: Output,
+        watched: Callable[[], list[str] | None],
+        read: Callable[[], dict[str, float | None]],
+        period_s: float = GUARD_PERIOD_S,
+    ) -> None:
+        super().__init__(name="thermal-guard", daemon=True)
+        self.limit_c = limit_c
+        self.stop = stop
+        self.out = out
+        self.watched = watched
+        self.read = read
+        self.period_s = period_s
+        self.tripped: str | None = None
+
+    def run(self) -> None:
+        last_read: dict[str, float] = {}
+        while not self.stop.is_set():
+            now = time.monotonic()
+            try:
+                temps = self.read()
+            except Exception as exc:  # NVML failing now: counted as unreadable below
+                temps = {}
+                error = f"{type(exc).__name__}: {exc}"
+            else:
+                error = ""
+            wanted = self.watched()
+            for uuid in wanted if wanted is not None else list(temps):
+                temp = temps.get(uuid)
+                if temp is None:
+                    since = last_read.setdefault(uuid, now)
+                    if now - since >= GUARD_BLIND_S:
+                        self.trip(f"{uuid} temperature unreadable for {now - since:.1f} s {error}".strip())
+                        return
+                    continue
+                last_read[uuid] = now
+                if temp >= self.limit_c:
+                    self.trip(f"{uuid} reached {temp:g} °C, at or above the limit of {self.limit_c:g} °C")
+                    return
+            self.stop.event.wait(self.period_s)
+
+    def trip(self, reason: str) -> None:
+        self.tripped = reason
+        self.stop.set(GUARD_STOP)
+        self.out.emit({"thermal_guard": reason, "limit_c": self.limit_c})
+
+
+def start_thermal_guard(
+    limit_c: float, stop: StopFlag, out: Output, workers: Sequence[Any]
+) -> ThermalGuard | None:
+    """The guard on this process's GPUs through NVML; None (said on stdout) where NVML is missing."""
+    try:
+        nvml = Nvml()
+        handles = nvml.handles()
+    except (OSError, RuntimeError, AttributeError) as exc:
+        out.emit({"thermal_guard_unavailable": f"NVML: {exc}"})
+        return None
+
+    def read() -> dict[str, float | None]:
+        temps: dict[str, float | None] = {}
+        for uuid, handle in handles.items():
+            try:
+                temps[uuid] = nvml.temperature(handle)
+            except RuntimeError:
+                temps[uuid] = None
+        return temps
+
+    def watched() -> list[str] | None:
+        uuids = [w.uuid for w in workers if getattr(w, "uuid", None)]
+        return [u for u in uuids if u in handles] or None
+
+    guard = ThermalGuard(limit_c, stop, out, watched, read)
+    guard.start()
+    return guard
+
+
 # --- the run -------------------------------------------------------------------------------------
 
 
@@ -504,11 +650,13 @@ class Worker(threading.Thread):
         self.iters = 0
         self.errors = 0
         self.deadline: float | None = None  # monotonic end of the burn, once it has begun
+        self.uuid: str | None = None  # the GPU's UUID once its engine is up, for the thermal guard
 
     def run(self) -> None:
         engine = None
         try:
             engine = self.make_engine(self.gpu)
+            self.uuid = getattr(engine, "uuid", None)
             self.burn(engine)
         except BaseException as exc:  # reported as a record: the host side reads no traceback
             message = f"{type(exc).__name__}: {exc}".strip()
@@ -665,6 +813,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-mem-gib", type=float, default=20.0, help="per GPU, at most (default 20)")
     parser.add_argument("--n", type=int, default=0, help="GEMM order override (tests: --n 128)")
     parser.add_argument("--stop-file", default=None, help="stop when this path exists")
+    parser.add_argument(
+        "--temp-limit",
+        type=float,
+        default=None,
+        help="the burn's own guard: stop when a GPU reaches this temperature (°C)",
+    )
+    parser.add_argument(
+        "--setup-timeout",
+        type=float,
+        default=SETUP_TIMEOUT_S,
+        help="a worker not burning this long after the start is hung (default %(default)g s)",
+    )
     parser.add_argument("--no-verify", action="store_true", help="skip verification (to measure its cost)")
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="cpu: unit tests only")
     parser.add_argument("--seed", type=int, default=20240601)
@@ -737,14 +897,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     workers = [Worker(gpu, args, make_engine, stop, out) for gpu in args.gpus]
     for worker in workers:
         worker.start()
+    guard = None
+    if args.temp_limit is not None:
+        guard = start_thermal_guard(args.temp_limit, stop, out, workers)
     stop_seen: float | None = None
+    # A worker hung in CUDA start-up never sets its deadline: the setup deadline holds instead.
+    setup_deadline = time.monotonic() + args.setup_timeout
     while any(worker.is_alive() for worker in workers):
         now = time.monotonic()
         if args.stop_file and os.path.exists(args.stop_file):
             stop.set("stop-file")
         if stop.is_set() and stop_seen is None:
             stop_seen = now
-        deadlines = [w.deadline for w in workers if w.is_alive() and w.deadline is not None]
+        deadlines = [
+            w.deadline if w.deadline is not None else setup_deadline for w in workers if w.is_alive()
+        ]
         overdue = min([stop_seen] if stop_seen is not None else deadlines or [math.inf])
         if now > overdue + JOIN_GRACE_S:  # stuck in the driver: report it and leave
             for worker in workers:
@@ -755,6 +922,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for worker in workers:
             worker.join(0.1 / len(workers))
     finals = [worker.final or {} for worker in workers]
+    if guard is not None and guard.tripped:
+        return EXIT_GUARD
     if any(final.get("error") or not final for final in finals):
         return EXIT_WORKER
     if any(final.get("errors") for final in finals):

@@ -9,6 +9,9 @@ checks them against the installed nvidia-ml-py) and serves ``nvml-dump.json`` ca
 - ``GPUHOST_FAKE_NVML_INIT_ERROR``: an NVML return code ``nvmlInit`` raises (18: version mismatch).
 - ``GPUHOST_FAKE_NVML_HANG``: ``<function>:<seconds>``, that call sleeps first (a wedged GPU).
 
+A busy GPU is a capture edited to hold ``"utilization"`` and ``"compute_processes"``; the real
+captures are of idle GPUs and hold neither.
+
 In a capture, a field recorded as ``{"nvml_error": "Not Supported"}`` (or a code) raises that
 NVMLError; so does a whole GPU entry recorded that way, from ``nvmlDeviceGetHandleByIndex``.
 Fields a capture lacks raise NOT_SUPPORTED.
@@ -456,6 +459,17 @@ def nvmlDeviceGetArchitecture(handle: c_nvmlDevice_t) -> int:
 
 def nvmlDeviceGetBrand(handle: c_nvmlDevice_t) -> int:
     return int(_field("nvmlDeviceGetBrand", handle, "brand"))
+
+
+def nvmlDeviceGetUtilizationRates(handle: c_nvmlDevice_t) -> _Struct:
+    """A capture's ``"utilization": {"gpu": 97, "memory": 40}`` (percent, as NVML reports them)."""
+    return _Struct(dict(_field("nvmlDeviceGetUtilizationRates", handle, "utilization")))
+
+
+def nvmlDeviceGetComputeRunningProcesses(handle: c_nvmlDevice_t) -> list[_Struct]:
+    """A capture's ``"compute_processes": [{"pid": 4242, "usedGpuMemory": bytes}]``."""
+    entries = _field("nvmlDeviceGetComputeRunningProcesses", handle, "compute_processes")
+    return [_Struct({"gpuInstanceId": 0xFFFFFFFF, "computeInstanceId": 0xFFFFFFFF, **e}) for e in entries]
 
 
 # Field values (nvml.h's nvmlFieldValue_t). The captures hold no field reads, so every field
