@@ -453,17 +453,20 @@ class Containers:
             return running.wait(timeout)
 
 
-def _remove(container: Container) -> None:
-    """Remove, tolerating another remover: gone already (404) or a removal in progress (409)."""
+def _remove(container: Container) -> bool:
+    """Remove, tolerating another remover: gone already (404) or a removal in progress (409).
+    True when this call removed it."""
     import docker
 
     try:
         container.remove(force=True)
     except docker.errors.NotFound:
-        pass
+        return False
     except docker.errors.APIError as exc:
         if exc.status_code != 409:
             raise
+        return False
+    return True
 
 
 def _pid_alive(pid: int) -> bool:
@@ -494,7 +497,6 @@ def sweep(client: docker.DockerClient, own_session_only: bool = False) -> list[s
     Another session may remove the same containers meanwhile: a container gone between the list
     and its inspect is skipped (``ignore_removed``), and 404 / 409 answers to the removal are too.
     """
-    import docker
 
     removed: list[str] = []
     me = f"{socket.gethostname()}:{os.getpid()}"
@@ -508,9 +510,6 @@ def sweep(client: docker.DockerClient, own_session_only: bool = False) -> list[s
             labels.get(LABEL_HOSTNAME), labels.get(LABEL_PID), container.status == "running"
         ):
             continue
-        try:
-            _remove(container)
+        if _remove(container):
             removed.append(str(container.name))
-        except docker.errors.NotFound:
-            pass
     return removed

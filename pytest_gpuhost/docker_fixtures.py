@@ -158,25 +158,38 @@ def gpuhost_toolkit(
     return gather_toolkit(gpuhost_host, gpuhost_settings.timeout, engine)
 
 
-def _as_diagnosis(exc: BaseException, when: str) -> Diagnosis:
-    return diagnose(exc, f"a Docker call during {when}")
+def _as_diagnosis(exc: BaseException, when: str) -> Diagnosis | None:
+    """The diagnosis an escaping exception carries (ContainerFailure, DaemonFault, ...), or the one
+    its Docker transport error maps to; None for anything else (a check's own error)."""
+    carried = getattr(exc, "diagnosis", None)
+    if isinstance(carried, Diagnosis):
+        return carried
+    if isinstance(exc, transport_faults()):
+        return diagnose(exc, f"a Docker call during {when}")
+    return None
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
-    """A Docker call that no check guards still fails as a diagnosis, never as a urllib3 traceback."""
+    """A Docker failure that no check guards still ends as a diagnosis, never as a urllib3 traceback."""
     try:
         return (yield)
-    except transport_faults() as exc:
-        pytest.fail(str(_as_diagnosis(exc, "setup")), pytrace=False)
+    except Exception as exc:
+        diagnosis = _as_diagnosis(exc, "setup")
+        if diagnosis is None:
+            raise
+        pytest.fail(str(diagnosis), pytrace=False)
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     try:
         return (yield)
-    except transport_faults() as exc:
-        pytest.fail(str(_as_diagnosis(exc, item.name)), pytrace=False)
+    except Exception as exc:
+        diagnosis = _as_diagnosis(exc, item.name)
+        if diagnosis is None:
+            raise
+        pytest.fail(str(diagnosis), pytrace=False)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -185,10 +198,11 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
     check's error. They are one line in the terminal; the next session's sweep removes leftovers."""
     try:
         return (yield)
-    except transport_faults() as exc:
+    except Exception as exc:
+        diagnosis = _as_diagnosis(exc, "cleanup")
+        if diagnosis is None:
+            raise
         reporter = item.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
-            reporter.write_line(
-                f"pytest-gpuhost: cleanup: {_as_diagnosis(exc, 'cleanup').found}", yellow=True
-            )
+            reporter.write_line(f"pytest-gpuhost: cleanup: {diagnosis.found}", yellow=True)
         return None
