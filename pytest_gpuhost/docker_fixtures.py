@@ -178,7 +178,8 @@ def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
         diagnosis = _as_diagnosis(exc, "setup")
         if diagnosis is None:
             raise
-        pytest.fail(str(diagnosis), pytrace=False)
+    # Outside the except block: the report shows the diagnosis alone, not the exception chain.
+    pytest.fail(str(diagnosis), pytrace=False)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -189,7 +190,8 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
         diagnosis = _as_diagnosis(exc, item.name)
         if diagnosis is None:
             raise
-        pytest.fail(str(diagnosis), pytrace=False)
+    # Outside the except block: the report shows the diagnosis alone, not the exception chain.
+    pytest.fail(str(diagnosis), pytrace=False)
 
 
 @pytest.hookimpl(wrapper=True)

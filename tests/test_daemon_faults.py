@@ -27,7 +27,7 @@ from pytest_gpuhost.compose import PROJECT_LABEL, host_tag, sweep_projects
 from pytest_gpuhost.containers import LABEL_HOSTNAME, LABEL_OWNER, LABEL_PID, LABEL_SESSION, sweep
 
 SUITE = "test_step_2_2_docker.py"
-NOISE = ("Traceback", "urllib3", "requests.exceptions", "INTERNALERROR", "ReadTimeout(")
+NOISE = ("Traceback", "urllib3", "requests.exceptions", "INTERNALERROR", "ReadTimeout(", "During handling")
 
 # One check that waits on a container, and checks after it that need no daemon at all.
 CONTAINER_CHECKS = """
