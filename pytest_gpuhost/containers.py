@@ -26,6 +26,7 @@ from pytest_gpuhost.docker_errors import (
     is_timeout,
     mapped,
     mark_hung,
+    require_answer,
 )
 from pytest_gpuhost.facts.model import GpuInfo
 from pytest_gpuhost.host import Host
@@ -404,6 +405,10 @@ class Containers:
         """A started container; ``files`` is a tar archive copied to ``/`` before it starts."""
         import docker
 
+        try:
+            require_answer(self.client, "docker create")
+        except DaemonFault as fault:
+            raise ContainerFailure(fault.diagnosis) from None
         if image not in self._images_ready:
             ensure_image(self.client, image, self.pull)
             self._images_ready.add(image)

@@ -151,9 +151,26 @@ def mark_hung(client: docker.DockerClient) -> None:
         _hung.add(id(client))
 
 
+def clear_hung(client: docker.DockerClient) -> None:
+    with _hung_lock:
+        _hung.discard(id(client))
+
+
 def is_hung(client: docker.DockerClient) -> bool:
     with _hung_lock:
         return id(client) in _hung
+
+
+def require_answer(client: docker.DockerClient, what: str, seconds: float = 5.0) -> None:
+    """Once the daemon was seen hung, a short ping before the next call: each later check then
+    fails in seconds instead of waiting out its own timeout; a daemon that recovered is used again."""
+    if not is_hung(client):
+        return
+    try:
+        call_with_timeout(client.ping, seconds, "docker ping")
+    except daemon_faults() as exc:
+        raise DaemonFault(diagnose(exc, what)) from None
+    clear_hung(client)
 
 
 def cleanup(

@@ -192,18 +192,29 @@ def test_daemon_frozen_mid_check_ends_that_check_with_the_hung_diagnosis(
     pytester: pytest.Pytester, lab: tuple[SecondDaemon, str]
 ) -> None:
     daemon, image = lab
-    pytester.makepyfile(test_mid=CONTAINER_CHECKS.format(image=image, check="frozen", wait=4))
+    later = f"""
+
+def test_d_another_container(gpuhost_containers):
+    gpuhost_containers.run({image!r}, ["true"], check="frozen-later", timeout=30, gpus=NO_GPUS)
+"""
+    pytester.makepyfile(test_mid=CONTAINER_CHECKS.format(image=image, check="frozen", wait=4) + later)
     env = {**os.environ, "DOCKER_HOST": daemon.docker_host}
     proc = start_run(pytester.path, env, "--gpuhost-timeout=3", "test_mid.py")
     try:
         wait_for_container(daemon.docker_host, "frozen")
         with frozen(daemon):
+            started = time.monotonic()
             out = finish(proc, 60)
+            elapsed = time.monotonic() - started
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 1, out
     assert "did not answer `docker wait`" in out, out
+    # The next container check asks with a short ping instead of waiting out its own timeouts.
+    assert "FAILED test_mid.py::test_d_another_container" in out
+    assert "did not answer `docker create`" in out, out
+    assert elapsed < 4 + 10 + 10 + 8, out
     assert "CAUSE: the daemon is hung or overloaded" in out
     assert "PASSED test_mid.py::test_c_last_check" in out
     assert " error" not in out.splitlines()[-1], out
