@@ -73,7 +73,8 @@ def frozen(daemon: SecondDaemon) -> Iterator[None]:
 
 
 def kill_leftovers(socket_path: str) -> None:
-    """containerd and its shims outlive a SIGKILLed dockerd: end those of this daemon's folder."""
+    """containerd and its shims outlive a SIGKILLed dockerd, and so do its mounts (the data root,
+    the container's overlay, network namespaces): end and unmount those of this daemon's folder."""
     base = os.path.dirname(socket_path)
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
@@ -81,6 +82,9 @@ def kill_leftovers(socket_path: str) -> None:
         with suppress(OSError):
             if base.encode() in Path(f"/proc/{entry}/cmdline").read_bytes():
                 os.kill(int(entry), signal.SIGKILL)
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    for mount in sorted((m for m in mounts if m.startswith(base + "/")), key=len, reverse=True):
+        subprocess.run(["umount", "-l", mount], check=False, capture_output=True)
 
 
 def assert_no_noise(output: str) -> None:
