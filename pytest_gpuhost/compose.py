@@ -12,8 +12,11 @@ are found by that prefix on the ``com.docker.compose.project`` label and swept.
 from __future__ import annotations
 
 import base64
+import hashlib
+import os
 import re
 import secrets
+import socket
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -251,8 +254,22 @@ def detect_compose(host: Host, timeout: float = 30.0) -> ComposeCommand | None:
     return None
 
 
+def host_tag(hostname: str | None = None) -> str:
+    """A project name may hold only ``[a-z0-9_-]``: the control machine's name, hashed."""
+    return hashlib.sha256((hostname or socket.gethostname()).encode()).hexdigest()[:8]
+
+
 def new_project_name() -> str:
-    return PROJECT_PREFIX + secrets.token_hex(4)
+    """``gpuhost-compose-<host>-<pid>-<random>``: the sweep can tell a live session's project."""
+    return f"{PROJECT_PREFIX}{host_tag()}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def project_owner(project: str) -> tuple[str, str] | None:
+    """The (host tag, pid) in a project's name; None for a name without them (older runs)."""
+    parts = project.removeprefix(PROJECT_PREFIX).split("-")
+    if len(parts) == 3 and parts[1].isdigit():
+        return parts[0], parts[1]
+    return None
 
 
 @dataclass(frozen=True)
@@ -374,7 +391,7 @@ def project_leftovers(client: docker.DockerClient, project: str) -> list[str]:
 
 def _own_projects(client: docker.DockerClient) -> Iterator[str]:
     projects = set()
-    for container in client.containers.list(all=True, filters={"label": PROJECT_LABEL}):
+    for container in client.containers.list(all=True, filters={"label": PROJECT_LABEL}, ignore_removed=True):
         projects.add((container.labels or {}).get(PROJECT_LABEL, ""))
     for network in client.networks.list(filters={"label": PROJECT_LABEL}):
         projects.add((network.attrs.get("Labels") or {}).get(PROJECT_LABEL, ""))
@@ -383,29 +400,51 @@ def _own_projects(client: docker.DockerClient) -> Iterator[str]:
     yield from sorted(p for p in projects if p.startswith(PROJECT_PREFIX))
 
 
+def _project_is_live(client: docker.DockerClient, project: str) -> bool:
+    """Another session's project that may still be in use, judged as the container sweep judges."""
+    from pytest_gpuhost.containers import session_is_live
+
+    owner = project_owner(project)
+    if owner is None:
+        return False  # named before names carried their session: as before, swept
+    tag, pid = owner
+    running = bool(
+        client.containers.list(filters={"label": f"{PROJECT_LABEL}={project}", "status": "running"})
+    )
+    return session_is_live(socket.gethostname() if tag == host_tag() else None, pid, running)
+
+
 def sweep_projects(client: docker.DockerClient) -> list[str]:
-    """Remove what killed runs left of ``gpuhost-compose-*`` projects; returns what was removed."""
+    """Remove what killed runs left of ``gpuhost-compose-*`` projects; returns what was removed.
+
+    Projects of other live sessions (an xdist worker, a second pytest on this machine, a running
+    project another machine brought up) are kept; removals that race another sweep are tolerated.
+    """
     import docker as docker_sdk
+
+    def tolerant(remove: Any) -> bool:
+        try:
+            remove()
+        except docker_sdk.errors.NotFound:
+            return False
+        except docker_sdk.errors.APIError as exc:
+            if exc.status_code != 409:  # 409: a removal already in progress, or still in use
+                raise
+            return False
+        return True
 
     removed = []
     for project in _own_projects(client):
+        if _project_is_live(client, project):
+            continue
         selector: dict[str, str | list[str] | bool] = {"label": f"{PROJECT_LABEL}={project}"}
-        for container in client.containers.list(all=True, filters=selector):
-            try:
-                container.remove(force=True, v=True)
+        for container in client.containers.list(all=True, filters=selector, ignore_removed=True):
+            if tolerant(lambda c=container: c.remove(force=True, v=True)):
                 removed.append(f"container {container.name}")
-            except docker_sdk.errors.NotFound:
-                pass
         for network in client.networks.list(filters=selector):
-            try:
-                network.remove()
+            if tolerant(network.remove):
                 removed.append(f"network {network.name}")
-            except docker_sdk.errors.NotFound:
-                pass
         for volume in client.volumes.list(filters=selector):
-            try:
-                volume.remove(force=True)
+            if tolerant(lambda v=volume: v.remove(force=True)):
                 removed.append(f"volume {volume.name}")
-            except docker_sdk.errors.NotFound:
-                pass
     return removed

@@ -20,7 +20,8 @@ from pytest_gpuhost.containers import (
     parse_volume,
     sweep,
 )
-from pytest_gpuhost.diagnosis import Diagnosis
+from pytest_gpuhost.diagnosis import Diagnosis, fail
+from pytest_gpuhost.docker_errors import DaemonFault, cleanup, mapped
 from pytest_gpuhost.docker_fixtures import DockerConnection
 from pytest_gpuhost.facts.model import HostFacts
 from pytest_gpuhost.host import Host
@@ -133,7 +134,11 @@ def gpuhost_containers(
         env = dict(parse_env(e) for e in gpuhost_settings.env)
     except ValueError as exc:
         raise pytest.UsageError(f"pytest-gpuhost: {exc}") from None
-    sweep(gpuhost_docker)
+    try:
+        with mapped("sweep of leftover containers", client=gpuhost_docker):
+            sweep(gpuhost_docker)
+    except DaemonFault as fault:
+        fail(fault.diagnosis.found, fault.diagnosis.cause, fault.diagnosis.fix)
     containers = Containers(
         gpuhost_docker,
         gpuhost_host,
@@ -145,7 +150,9 @@ def gpuhost_containers(
     try:
         yield containers
     finally:
-        sweep(gpuhost_docker, own_session_only=True)
+        # Never an error of whichever check ran last: what a dead or hung daemon keeps, the next
+        # session's sweep removes.
+        cleanup(gpuhost_docker, lambda: sweep(gpuhost_docker, own_session_only=True), "sweep")
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -17,6 +18,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pytest_gpuhost.diagnosis import Diagnosis
+from pytest_gpuhost.docker_errors import (
+    DaemonFault,
+    cleanup,
+    daemon_faults,
+    diagnose,
+    is_timeout,
+    mapped,
+    mark_hung,
+    require_answer,
+)
 from pytest_gpuhost.facts.model import GpuInfo
 from pytest_gpuhost.facts.toolkit_pitfalls import diagnose_toolkit_error
 from pytest_gpuhost.host import Host
@@ -40,6 +51,7 @@ DRIVER_LIBRARIES = (
     "libnvidia-nvvm.so.4",
     "libcudadebugger.so.1",
 )
+PULL_TIMEOUT = 1800.0  # a pull is a stream: without an overall deadline a stalled registry hangs the run
 TOOLKIT_FIX = (
     "install the NVIDIA Container Toolkit (https://docs.nvidia.com/datacenter/cloud-native/container-toolkit/"
     "latest/install-guide.html), then `sudo nvidia-ctk runtime configure --runtime=docker && "
@@ -261,15 +273,23 @@ def diagnose_version_mismatch(text: str) -> Diagnosis | None:
     return None
 
 
-def ensure_image(client: docker.DockerClient, image: str, policy: str) -> None:
+def ensure_image(
+    client: docker.DockerClient, image: str, policy: str, pull_timeout: float = PULL_TIMEOUT
+) -> None:
     """Make ``image`` present per the pull policy, or explain how to provide it."""
     import docker
 
+    from pytest_gpuhost.timeouts import call_with_timeout
+
     present = True
     try:
-        client.images.get(image)
-    except docker.errors.ImageNotFound:
-        present = False
+        with mapped(f"docker image inspect {image}", client=client):
+            try:
+                client.images.get(image)
+            except docker.errors.ImageNotFound:
+                present = False
+    except DaemonFault as fault:
+        raise ContainerFailure(fault.diagnosis) from None
     if present and policy != "always":
         return
     if not present and policy == "never":
@@ -281,7 +301,7 @@ def ensure_image(client: docker.DockerClient, image: str, policy: str) -> None:
             )
         )
     try:
-        client.images.pull(image)
+        call_with_timeout(lambda: client.images.pull(image), pull_timeout, f"docker pull {image}")
     except docker.errors.APIError as exc:
         if present:
             return  # "always" on an offline host: the local copy still serves
@@ -293,6 +313,8 @@ def ensure_image(client: docker.DockerClient, image: str, policy: str) -> None:
                 "here and `docker load -i image.tar`; or `docker login`; or pick a present image with --gpuhost-image",
             )
         ) from None
+    except daemon_faults() as exc:
+        raise ContainerFailure(diagnose(exc, f"docker pull {image}")) from None
 
 
 @dataclass
@@ -301,18 +323,21 @@ class RunningContainer:
 
     container: Container
     started: float = field(default_factory=time.monotonic)
+    client: docker.DockerClient | None = None
 
     def wait(self, timeout: float) -> ContainerResult:
-        import requests
-
+        """The container's outcome; a daemon that dies or hangs meanwhile is a ContainerFailure."""
         timed_out = False
         exit_code: int | None = None
         try:
             status = self.container.wait(timeout=timeout)
             exit_code = int(status.get("StatusCode", -1))
-        except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+        except daemon_faults() as exc:
+            if not is_timeout(exc):
+                raise ContainerFailure(diagnose(exc, "docker wait")) from None
             timed_out = True
-            self.kill()
+            if not self.try_kill():  # the container outlived its deadline, or the daemon is hung: ask it
+                raise ContainerFailure(diagnose(exc, "docker wait")) from None
         return ContainerResult(
             exit_code=exit_code,
             stdout=self.logs(stdout=True),
@@ -322,14 +347,29 @@ class RunningContainer:
         )
 
     def logs(self, stdout: bool = True) -> str:
-        raw = self.container.logs(stdout=stdout, stderr=not stdout)
+        try:
+            with mapped("docker logs", client=self.client):
+                raw = self.container.logs(stdout=stdout, stderr=not stdout)
+        except DaemonFault as fault:
+            raise ContainerFailure(fault.diagnosis) from None
         return raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
 
     def kill(self) -> None:
+        """Kill the container, within a bounded wait; a daemon that does not answer is left be."""
+        self.try_kill()
+
+    def try_kill(self) -> bool:
+        """Kill the container; False when the daemon did not answer (hung or gone)."""
         import docker
 
-        with contextlib.suppress(docker.errors.APIError):  # already stopped
-            self.container.kill()
+        def kill() -> bool:
+            with contextlib.suppress(docker.errors.APIError):  # already stopped
+                self.container.kill()
+            return True
+
+        if self.client is None:
+            return kill()
+        return bool(cleanup(self.client, kill, "docker kill"))
 
 
 class Containers:
@@ -369,6 +409,10 @@ class Containers:
         """A started container; ``files`` is a tar archive copied to ``/`` before it starts."""
         import docker
 
+        try:
+            require_answer(self.client, "docker create")
+        except DaemonFault as fault:
+            raise ContainerFailure(fault.diagnosis) from None
         if image not in self._images_ready:
             ensure_image(self.client, image, self.pull)
             self._images_ready.add(image)
@@ -397,11 +441,18 @@ class Containers:
                 raise ContainerFailure(
                     diagnose_daemon_error(str(exc.explanation or exc), self.access_mode, image)
                 ) from None
-            yield RunningContainer(container)
+            except daemon_faults() as exc:  # the daemon died or hung: not the container's fault
+                stage = "docker start" if container is not None else "docker create"
+                if is_timeout(exc):
+                    mark_hung(self.client)
+                raise ContainerFailure(diagnose(exc, stage)) from None
+            yield RunningContainer(container, client=self.client)
         finally:
             if container is not None:
-                with contextlib.suppress(docker.errors.NotFound):
-                    container.remove(force=True)
+                # Bounded and silent: the error (or Ctrl-C) that ended the block is what is reported;
+                # a container left behind carries the labels the next session's sweep goes by.
+                interrupted = isinstance(sys.exc_info()[1], KeyboardInterrupt)
+                cleanup(self.client, lambda: _remove(container), "docker rm", 3.0 if interrupted else 10.0)
 
     def run(
         self, image: str, command: Sequence[str], *, check: str, timeout: float, **kwargs: Any
@@ -409,6 +460,22 @@ class Containers:
         """Run ``command`` to completion (or ``timeout``) in a fresh container and remove it."""
         with self.started(image, command, check=check, **kwargs) as running:
             return running.wait(timeout)
+
+
+def _remove(container: Container) -> bool:
+    """Remove, tolerating another remover: gone already (404) or a removal in progress (409).
+    True when this call removed it."""
+    import docker
+
+    try:
+        container.remove(force=True)
+    except docker.errors.NotFound:
+        return False
+    except docker.errors.APIError as exc:
+        if exc.status_code != 409:
+            raise
+        return False
+    return True
 
 
 def _pid_alive(pid: int) -> bool:
@@ -421,30 +488,37 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def session_is_live(hostname: str | None, pid: str | None, running: bool) -> bool:
+    """Whether another session may still own something labelled with ``hostname`` and ``pid``.
+
+    On this machine a live pid says so. From another control machine (a fleet checked from two
+    places) liveness cannot be seen: what still runs is kept; a workload ends at its own deadline.
+    """
+    if hostname == socket.gethostname():
+        return bool(pid and pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)))
+    return running
+
+
 def sweep(client: docker.DockerClient, own_session_only: bool = False) -> list[str]:
     """Remove the suite's leftover containers; keep those of other live sessions on this machine,
-    and the running ones that another machine started."""
-    import docker
+    and the running ones that another machine started.
+
+    Another session may remove the same containers meanwhile: a container gone between the list
+    and its inspect is skipped (``ignore_removed``), and 404 / 409 answers to the removal are too.
+    """
 
     removed: list[str] = []
     me = f"{socket.gethostname()}:{os.getpid()}"
-    for container in client.containers.list(all=True, filters={"label": LABEL_OWNER}):
+    containers = client.containers.list(all=True, filters={"label": LABEL_OWNER}, ignore_removed=True)
+    for container in containers:
         labels = container.labels or {}
         session = labels.get(LABEL_SESSION, "")
         if own_session_only and session != me:
             continue
-        if not own_session_only and session != me:
-            if labels.get(LABEL_HOSTNAME) == socket.gethostname():
-                pid = labels.get(LABEL_PID, "")
-                if pid.isdigit() and _pid_alive(int(pid)):
-                    continue  # another live pytest on this machine (an xdist worker) still owns it
-            elif container.status == "running":
-                # Another control machine's run on this host (a fleet checked from two places):
-                # its liveness cannot be seen from here; a workload ends at its own deadline.
-                continue
-        try:
-            container.remove(force=True)
+        if session != me and session_is_live(
+            labels.get(LABEL_HOSTNAME), labels.get(LABEL_PID), container.status == "running"
+        ):
+            continue
+        if _remove(container):
             removed.append(str(container.name))
-        except docker.errors.NotFound:
-            pass
     return removed

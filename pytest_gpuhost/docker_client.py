@@ -5,16 +5,24 @@ The docker SDK is imported here only, and only under ``--gpuhost``.
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pytest_gpuhost.diagnosis import Diagnosis
+from pytest_gpuhost.docker_errors import daemon_faults, is_timeout
 from pytest_gpuhost.timeouts import NativeCallTimeout, call_with_timeout
 
 if TYPE_CHECKING:
     import docker
 
+    from pytest_gpuhost.facts.docker_engine import SocketInfo
+
 DEFAULT_SOCKET = "/var/run/docker.sock"
+PROBE_API_VERSION = "1.41"  # any fixed version: the ping is unversioned, and a fixed one is never negotiated
 
 
 class DockerUnavailable(Exception):
@@ -34,19 +42,69 @@ def socket_path(docker_host: str | None) -> str | None:
     return None
 
 
-def diagnose_connection_error(message: str, docker_host: str | None) -> Diagnosis:
+@dataclass(frozen=True)
+class Endpoint:
+    """The daemon the SDK talks to, and what chose it: ``DOCKER_HOST``, a CLI context, or neither."""
+
+    url: str
+    source: str | None = None  # "DOCKER_HOST" or "Docker context 'NAME'"; None: the default socket
+
+    def describe(self) -> str:
+        if self.source == "DOCKER_HOST":
+            return f"DOCKER_HOST={self.url}"
+        return f"{self.url} (from {self.source})" if self.source else self.url
+
+
+def resolve_endpoint(env: Mapping[str, str] | None = None) -> Endpoint:
+    """The endpoint ``docker.from_env()`` uses: DOCKER_HOST, else DOCKER_CONTEXT or the CLI's
+    current context (``~/.docker/config.json``, or ``$DOCKER_CONFIG``), else the default socket."""
+    env = os.environ if env is None else env
+    if env.get("DOCKER_HOST"):
+        return Endpoint(env["DOCKER_HOST"], "DOCKER_HOST")
+    try:
+        from docker.context import ContextAPI
+        from docker.context.config import get_current_context_name
+
+        name = env.get("DOCKER_CONTEXT") or get_current_context_name()
+        context = ContextAPI.get_context(name) if name and name != "default" else None
+    except Exception:  # an unreadable context store: from_env() reports it itself
+        context, name = None, None
+    if context is not None and context.Host:
+        return Endpoint(str(context.Host), f"Docker context {name!r}")
+    return Endpoint(f"unix://{DEFAULT_SOCKET}")
+
+
+def _not_the_default(endpoint: Endpoint) -> str:
+    if endpoint.source == "DOCKER_HOST":
+        return f"fix DOCKER_HOST, or `unset DOCKER_HOST` to use the local daemon at unix://{DEFAULT_SOCKET}"
+    return (
+        "`docker context use default` to use the local daemon (`docker context ls` lists the others), "
+        "or start the daemon that context names"
+    )
+
+
+def diagnose_connection_error(
+    message: str, docker_host: str | Endpoint | None, sock: SocketInfo | None = None
+) -> Diagnosis:
     """Map the SDK's connection error to what the operator should do."""
-    where = docker_host or f"unix://{DEFAULT_SOCKET}"
+    if isinstance(docker_host, Endpoint):
+        endpoint = docker_host
+    elif docker_host:
+        endpoint = Endpoint(docker_host, "DOCKER_HOST")
+    else:
+        endpoint = Endpoint(f"unix://{DEFAULT_SOCKET}")
+    where = endpoint.describe()
     lowered = message.lower()
     if "permission denied" in lowered:
-        return Diagnosis(
-            f"permission denied on the Docker socket ({where})",
-            "this user is not in the `docker` group (or a rootless daemon's socket belongs to another user)",
-            "`sudo usermod -aG docker $USER`, then log in again (or `newgrp docker`); "
-            "for rootless Docker: `systemctl --user start docker` and "
-            "`export DOCKER_HOST=unix://$XDG_RUNTIME_DIR/docker.sock`",
-        )
+        return diagnose_permission(endpoint, sock)
     if "no such file" in lowered or "connection refused" in lowered or "filenotfounderror" in lowered:
+        if endpoint.source is not None:
+            return Diagnosis(
+                f"no Docker daemon answers at {where}",
+                f"{endpoint.source} points to a daemon that is not running or not there "
+                "(the default socket is not used while it is set)",
+                _not_the_default(endpoint),
+            )
         return Diagnosis(
             f"no Docker daemon answers at {where}",
             "Docker is not installed, or its daemon is not running (a rootless daemon may not be started)",
@@ -55,13 +113,108 @@ def diagnose_connection_error(message: str, docker_host: str | None) -> Diagnosi
         )
     return Diagnosis(
         f"the Docker daemon at {where} cannot be used: {message}",
-        "the daemon is unhealthy or DOCKER_HOST points to the wrong place",
-        "`docker info` shows the same error; `sudo journalctl -u docker` tells why",
+        "the daemon is unhealthy, or "
+        + (f"{endpoint.source} points to the wrong place" if endpoint.source else "DOCKER_HOST is needed"),
+        "`docker info` shows the same error; `sudo journalctl -u docker` tells why"
+        + (f"; {_not_the_default(endpoint)}" if endpoint.source else ""),
     )
 
 
-def connect(timeout: float) -> docker.DockerClient:
-    """A client whose daemon answered a ping within ``timeout`` seconds."""
+def _user() -> tuple[str, int]:
+    uid = os.geteuid()
+    try:
+        return pwd.getpwuid(uid).pw_name, uid
+    except KeyError:
+        return str(uid), uid
+
+
+def diagnose_permission(endpoint: Endpoint, sock: SocketInfo | None = None) -> Diagnosis:
+    """Who may open the socket (its owner, group and mode), and the one fix that follows from that."""
+    path = socket_path(endpoint.url)
+    if path is None:
+        return Diagnosis(
+            f"permission denied by the Docker daemon at {endpoint.describe()}",
+            "the remote daemon or its proxy refuses this user",
+            "check the credentials or TLS certificates for that daemon",
+        )
+    if sock is None:
+        from pytest_gpuhost.facts.docker_engine import read_socket
+
+        sock = read_socket(path)
+    user, uid = _user()
+    found = f"permission denied on the Docker socket ({endpoint.describe()})"
+    if sock.mode is None:
+        return Diagnosis(
+            f"{found}; {sock.error or f'{path} cannot be examined'}",
+            f"user {user} cannot even look at the socket: a folder on its path is closed to this user",
+            f"`ls -ld {os.path.dirname(path)}`; use a daemon whose socket this user may reach",
+        )
+    owner = sock.owner or str(sock.uid)
+    group = sock.group or str(sock.gid)
+    found = f"{found}: {path} is owner {owner}, group {group}, mode {sock.mode_text}"
+    if sock.uid not in (0, uid) and not sock.mode & 0o020:
+        return Diagnosis(
+            found,
+            f"the socket is a rootless daemon of user {owner}: only {owner} may open it",
+            f"run the suite as {owner}, or start a rootless daemon of your own "
+            "(`dockerd-rootless-setuptool.sh install`, `systemctl --user start docker`) and "
+            "`export DOCKER_HOST=unix://$XDG_RUNTIME_DIR/docker.sock`",
+        )
+    if not sock.mode & 0o020 or sock.gid == 0:
+        return Diagnosis(
+            found,
+            f"no group may open the socket (group {group}, mode {sock.mode_text}): only root can use Docker",
+            f"give it Docker's group: `sudo groupadd -f docker && sudo chgrp docker {path} && "
+            f"sudo chmod 660 {path}` (for good: SocketGroup=docker in docker.socket, or the daemon's "
+            f'`"group": "docker"`), then `sudo usermod -aG docker {user}` and log in again',
+        )
+    if sock.gid in os.getgroups() or sock.gid == os.getegid():
+        return Diagnosis(
+            found,
+            f"user {user} is in group {group}, yet the socket refused it: an ACL, SELinux/AppArmor, "
+            "or a daemon that checks more than the file mode",
+            f"`getfacl {path}`; `sudo journalctl -u docker`; `ls -Z {path}`",
+        )
+    if sock.group and _listed_in_group(user, sock.group):
+        return Diagnosis(
+            found,
+            f"user {user} was added to group {group}, but this login session started before that",
+            f"log out and in again, or `newgrp {group}` in this shell",
+        )
+    return Diagnosis(
+        found,
+        f"user {user} is not in the socket's group `{group}`",
+        f"`sudo usermod -aG {group} {user}`, then log in again (or `newgrp {group}`)",
+    )
+
+
+def _listed_in_group(user: str, group: str) -> bool:
+    try:
+        return user in grp.getgrnam(group).gr_mem
+    except KeyError:
+        return False
+
+
+def _ping(client: docker.DockerClient) -> None:
+    """``GET /_ping`` without a version prefix: answered by every daemon, whatever its API range."""
+    response = client.api.get(f"{client.api.base_url}/_ping")
+    response.raise_for_status()
+
+
+def hung_diagnosis(seconds: float, endpoint: Endpoint) -> Diagnosis:
+    return Diagnosis(
+        f"the Docker daemon at {endpoint.describe()} did not answer within {seconds:g} s",
+        "the daemon is hung or overloaded",
+        "`sudo systemctl restart docker`; `sudo journalctl -u docker` tells why",
+    )
+
+
+def connect(timeout: float, endpoint: Endpoint | None = None) -> docker.DockerClient:
+    """A client whose daemon answered a ping within ``timeout`` seconds.
+
+    The ping goes first, from a client that does not negotiate the API version: ``from_env()``
+    asks the daemon for its version as it is made, and a hung daemon would hang that instead.
+    """
     try:
         import docker
     except ImportError as exc:  # pragma: no cover - a dependency of the package
@@ -70,18 +223,21 @@ def connect(timeout: float) -> docker.DockerClient:
                 f"the docker SDK cannot be imported: {exc}", "a broken installation", "`pip install docker`"
             )
         ) from None
-    docker_host = os.environ.get("DOCKER_HOST")
+    endpoint = endpoint or resolve_endpoint()
+    seconds = int(max(timeout, 1))
     try:
-        client = docker.from_env(timeout=int(max(timeout, 1)))
-        call_with_timeout(client.ping, timeout, "docker ping")
+        probe = docker.from_env(version=PROBE_API_VERSION, timeout=seconds + 5)
+        try:
+            call_with_timeout(lambda: _ping(probe), timeout, "docker ping")
+        finally:
+            probe.close()
+        client: docker.DockerClient = call_with_timeout(
+            lambda: docker.from_env(timeout=seconds), timeout, "docker version"
+        )
     except NativeCallTimeout as exc:
-        raise DockerUnavailable(
-            Diagnosis(
-                f"the Docker daemon did not answer within {exc.seconds:g} s",
-                "the daemon is hung or overloaded",
-                "`sudo systemctl restart docker`; `sudo journalctl -u docker` tells why",
-            )
-        ) from None
-    except docker.errors.DockerException as exc:
-        raise DockerUnavailable(diagnose_connection_error(str(exc), docker_host)) from None
+        raise DockerUnavailable(hung_diagnosis(exc.seconds, endpoint)) from None
+    except daemon_faults() as exc:
+        if is_timeout(exc):
+            raise DockerUnavailable(hung_diagnosis(timeout, endpoint)) from None
+        raise DockerUnavailable(diagnose_connection_error(str(exc), endpoint)) from None
     return client

@@ -7,15 +7,16 @@ names that check, like the GPU preconditions do.
 
 from __future__ import annotations
 
-import os
 import sys
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pytest
 
 from pytest_gpuhost.diagnosis import Diagnosis
-from pytest_gpuhost.docker_client import DockerUnavailable, connect
+from pytest_gpuhost.docker_client import DockerUnavailable, Endpoint, connect, resolve_endpoint
+from pytest_gpuhost.docker_errors import DaemonFault, diagnose, mapped, transport_faults
 from pytest_gpuhost.docker_tunnel import TunnelError, open_remote_client
 from pytest_gpuhost.facts.docker_engine import EngineFacts, gather_engine
 from pytest_gpuhost.facts.model import Precondition
@@ -39,6 +40,7 @@ class DockerConnection:
     client: docker.DockerClient | None
     diagnosis: Diagnosis | None
     docker_host: str | None
+    endpoint: Endpoint | None = None  # what chose the daemon (DOCKER_HOST, a context), for diagnoses
 
     @property
     def precondition(self) -> Precondition:
@@ -66,11 +68,13 @@ def docker_connection(config: pytest.Config, host: Host, timeout: float) -> Dock
 
 
 def _local(timeout: float) -> DockerConnection:
-    docker_host = os.environ.get("DOCKER_HOST") or None
+    """The daemon the SDK itself picks (DOCKER_HOST, the CLI's context, the default socket):
+    the checks of its socket and process look at that one."""
+    endpoint = resolve_endpoint()
     try:
-        return DockerConnection(connect(timeout), None, docker_host)
+        return DockerConnection(connect(timeout, endpoint), None, endpoint.url, endpoint)
     except DockerUnavailable as exc:
-        return DockerConnection(None, exc.diagnosis, docker_host)
+        return DockerConnection(None, exc.diagnosis, endpoint.url, endpoint)
 
 
 def _remote(config: pytest.Config, host: Host, timeout: float) -> DockerConnection:
@@ -98,18 +102,45 @@ def gpuhost_docker_connection(
     return docker_connection(pytestconfig, gpuhost_host, gpuhost_settings.timeout)
 
 
+@dataclass(frozen=True)
+class EngineProbe:
+    """The engine's facts, or why the daemon that answered a ping could not give them."""
+
+    facts: EngineFacts | None
+    diagnosis: Diagnosis | None
+
+
+@pytest.fixture(scope="session")
+def gpuhost_engine_probe(
+    gpuhost_docker_connection: DockerConnection, gpuhost_host: Host, gpuhost_settings: Settings
+) -> EngineProbe:
+    """``docker version`` and ``docker info``, asked once; a failure is ``test_docker_daemon_answers``'s."""
+    connection = gpuhost_docker_connection
+    if connection.client is None:
+        return EngineProbe(None, None)
+    where = connection.endpoint.describe() if connection.endpoint else connection.docker_host
+    try:
+        with mapped("docker info", where, connection.client):
+            facts = gather_engine(
+                connection.client, gpuhost_host, gpuhost_settings.timeout, connection.docker_host
+            )
+    except DaemonFault as fault:
+        return EngineProbe(None, fault.diagnosis)
+    except NativeCallTimeout as exc:
+        return EngineProbe(None, diagnose(exc, exc.what, where))
+    return EngineProbe(facts, None)
+
+
 @pytest.fixture(scope="session")
 def gpuhost_engine(
-    gpuhost_docker_connection: DockerConnection, gpuhost_host: Host, gpuhost_settings: Settings
+    gpuhost_docker_connection: DockerConnection, gpuhost_engine_probe: EngineProbe
 ) -> EngineFacts:
     """The engine's facts; checks that use them are skipped when the daemon is unreachable."""
-    client = gpuhost_docker_connection.require()
-    try:
-        return gather_engine(
-            client, gpuhost_host, gpuhost_settings.timeout, gpuhost_docker_connection.docker_host
-        )
-    except NativeCallTimeout as exc:
-        pytest.skip(f"needs docker: `docker info` did not answer: {exc}")
+    gpuhost_docker_connection.require()
+    if gpuhost_engine_probe.facts is None:
+        found = gpuhost_engine_probe.diagnosis.found if gpuhost_engine_probe.diagnosis else "no engine facts"
+        pytest.skip(f"needs docker: {CHECK_DOCKER} failed: {found}")
+    return gpuhost_engine_probe.facts
 
 
 @pytest.fixture(scope="session")
@@ -122,8 +153,58 @@ def gpuhost_toolkit(
     """The toolkit's files and commands; the daemon only tells which daemon.json is in use."""
     engine: EngineFacts | None = None
     if gpuhost_docker_connection.client is not None:
-        try:
-            engine = request.getfixturevalue("gpuhost_engine")
-        except pytest.skip.Exception:
-            engine = None  # a hung `docker info`: read /etc/docker/daemon.json
+        # None when `docker info` failed or hung: read /etc/docker/daemon.json
+        engine = request.getfixturevalue("gpuhost_engine_probe").facts
     return gather_toolkit(gpuhost_host, gpuhost_settings.timeout, engine)
+
+
+def _as_diagnosis(exc: BaseException, when: str) -> Diagnosis | None:
+    """The diagnosis an escaping exception carries (ContainerFailure, DaemonFault, ...), or the one
+    its Docker transport error maps to; None for anything else (a check's own error)."""
+    carried = getattr(exc, "diagnosis", None)
+    if isinstance(carried, Diagnosis):
+        return carried
+    if isinstance(exc, transport_faults()):
+        return diagnose(exc, f"a Docker call during {when}")
+    return None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    """A Docker failure that no check guards still ends as a diagnosis, never as a urllib3 traceback."""
+    try:
+        return (yield)
+    except Exception as exc:
+        diagnosis = _as_diagnosis(exc, "setup")
+        if diagnosis is None:
+            raise
+    # Outside the except block: the report shows the diagnosis alone, not the exception chain.
+    pytest.fail(str(diagnosis), pytrace=False)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    try:
+        return (yield)
+    except Exception as exc:
+        diagnosis = _as_diagnosis(exc, item.name)
+        if diagnosis is None:
+            raise
+    # Outside the except block: the report shows the diagnosis alone, not the exception chain.
+    pytest.fail(str(diagnosis), pytrace=False)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, None, None]:
+    """Session fixtures end in the last check's teardown: their cleanup's daemon faults are not that
+    check's error. They are one line in the terminal; the next session's sweep removes leftovers."""
+    try:
+        return (yield)
+    except Exception as exc:
+        diagnosis = _as_diagnosis(exc, "cleanup")
+        if diagnosis is None:
+            raise
+        reporter = item.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"pytest-gpuhost: cleanup: {diagnosis.found}", yellow=True)
+        return None

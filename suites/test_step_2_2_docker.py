@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from pytest_gpuhost.diagnosis import Diagnosis, fail, warn
-from pytest_gpuhost.docker_fixtures import CHECK_DOCKER, DockerConnection
+from pytest_gpuhost.docker_fixtures import CHECK_DOCKER, DockerConnection, EngineProbe
 from pytest_gpuhost.facts.docker_engine import MIN_GPU_ENGINE, EngineFacts, version_tuple
 from pytest_gpuhost.facts.toolkit import ToolkitFacts, daemon_config_problem, daemon_reload_risk
 
@@ -20,11 +20,16 @@ def fail_with(diagnosis: Diagnosis) -> None:
     fail(diagnosis.found, diagnosis.cause, diagnosis.fix)
 
 
-def test_docker_daemon_answers(gpuhost_docker_connection: DockerConnection) -> None:
-    """The daemon answers this user; every other Docker check needs it and is skipped otherwise."""
+def test_docker_daemon_answers(
+    gpuhost_docker_connection: DockerConnection, gpuhost_engine_probe: EngineProbe
+) -> None:
+    """The daemon answers this user, and answers `docker info` too (a daemon that answers a ping
+    but not `info` is broken); every other Docker check needs it and is skipped otherwise."""
     assert CHECK_DOCKER == "test_docker_daemon_answers"
     if gpuhost_docker_connection.diagnosis is not None:
         fail_with(gpuhost_docker_connection.diagnosis)
+    if gpuhost_engine_probe.diagnosis is not None:
+        fail_with(gpuhost_engine_probe.diagnosis)
 
 
 def test_docker_versions(
@@ -60,7 +65,9 @@ def test_docker_not_from_snap(gpuhost_engine: EngineFacts) -> None:
 def test_docker_socket_not_world_writable(gpuhost_engine: EngineFacts) -> None:
     """Whoever can write the socket is root on this host: it must not be open to every user."""
     if gpuhost_engine.remote:
-        pytest.skip(f"DOCKER_HOST={gpuhost_engine.docker_host}: the daemon's socket is on another machine")
+        pytest.skip(
+            f"the daemon at {gpuhost_engine.docker_host} is on another machine: no socket here to inspect"
+        )
     socket = gpuhost_engine.socket
     if socket is None or not socket.exists:
         pytest.skip(f"no socket file at {socket.path if socket else 'the default path'} to inspect")

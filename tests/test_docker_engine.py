@@ -19,8 +19,10 @@ import pytest
 from dockerlab import client_or_skip, run_suite, second_dockerd
 
 from conftest import LocalAsRemote
+from pytest_gpuhost.docker_client import Endpoint, diagnose_permission
 from pytest_gpuhost.facts.docker_engine import (
     EngineFacts,
+    SocketInfo,
     daemon_pids,
     find_daemon_process,
     parse_engine,
@@ -217,8 +219,9 @@ def test_unreachable_daemon_fails_one_check_and_skips_the_rest(
     result.assert_outcomes(failed=1, passed=1, skipped=4)
     result.stdout.fnmatch_lines(
         [
-            "*FOUND: no Docker daemon answers at unix:///nonexistent/docker.sock*",
-            "*FIX:*systemctl enable --now docker*",
+            "*FOUND: no Docker daemon answers at DOCKER_HOST=unix:///nonexistent/docker.sock*",
+            "*CAUSE: DOCKER_HOST points to a daemon that is not running or not there*",
+            "*FIX:*`unset DOCKER_HOST` to use the local daemon at unix:///var/run/docker.sock*",
             "*PASSED*test_daemon_json_parses*",
             "*SKIPPED*needs docker: test_docker_daemon_answers failed: no Docker daemon answers*",
         ]
@@ -316,9 +319,13 @@ def unprivileged_user() -> Iterator[tuple[int, int]]:
         subprocess.run(["userdel", name], check=False, capture_output=True)
 
 
-@pytest.mark.parametrize("in_docker_group", [False, True], ids=["not-in-docker-group", "in-docker-group"])
+@pytest.mark.parametrize(
+    ("in_docker_group", "listed"),
+    [(False, False), (True, True), (False, True)],
+    ids=["not-in-docker-group", "in-docker-group", "added-but-not-logged-in-again"],
+)
 def test_user_outside_docker_group_gets_a_diagnosis(
-    unprivileged_user: tuple[int, int], in_docker_group: bool
+    unprivileged_user: tuple[int, int], in_docker_group: bool, listed: bool
 ) -> None:
     """pytest --gpuhost as an ordinary user against the real socket (root:docker, mode 660).
 
@@ -331,8 +338,12 @@ def test_user_outside_docker_group_gets_a_diagnosis(
     if not sock.exists or sock.world_writable or sock.group is None:
         pytest.skip("needs the default socket, owned by a group and not world-writable")
     import grp
+    import pwd
 
     uid, gid = unprivileged_user
+    user = pwd.getpwuid(uid).pw_name
+    if listed:  # in /etc/group; without in_docker_group this login session predates it
+        subprocess.run(["gpasswd", "-a", user, sock.group], check=True, capture_output=True)
     groups = str(grp.getgrnam(sock.group).gr_gid) if in_docker_group else None
     workdir = Path(tempfile.mkdtemp(prefix="ghu-", dir="/tmp"))
     try:
@@ -375,9 +386,20 @@ def test_user_outside_docker_group_gets_a_diagnosis(
         assert "2 passed" in output
         return
     assert proc.returncode == 1, output
-    assert "FOUND: permission denied on the Docker socket (unix:///var/run/docker.sock)" in output
-    assert "CAUSE: this user is not in the `docker` group" in output
-    assert "sudo usermod -aG docker $USER" in output
+    assert (
+        "FOUND: permission denied on the Docker socket (unix:///var/run/docker.sock): "
+        f"/var/run/docker.sock is owner {sock.owner}, group {sock.group}, mode {sock.mode_text}"
+    ) in output
+    if listed:
+        assert (
+            f"CAUSE: user {user} was added to group {sock.group}, but this login session started before"
+            in output
+        )
+        assert f"FIX:   log out and in again, or `newgrp {sock.group}`" in output
+        assert "usermod" not in output
+    else:
+        assert f"CAUSE: user {user} is not in the socket's group `{sock.group}`" in output
+        assert f"sudo usermod -aG {sock.group} {user}" in output
     assert "needs docker: test_docker_daemon_answers failed: permission denied" in output
     assert "1 failed, 1 skipped" in output
     assert "Traceback" not in output
@@ -393,3 +415,44 @@ def test_the_socket_stat_through_a_host_command_matches_the_local_stat(unix_sock
 
 def testdaemon_pids_of_a_remote_host_match_the_local_scan() -> None:
     assert sorted(daemon_pids(LocalAsRemote())) == sorted(daemon_pids(LocalHost()))
+
+
+def _socket(mode: int, uid: int, gid: int, owner: str, group: str) -> SocketInfo:
+    return SocketInfo(
+        "/run/x/docker.sock", exists=True, mode=mode, uid=uid, gid=gid, owner=owner, group=group
+    )
+
+
+@pytest.mark.parametrize(
+    ("sock", "cause", "fix"),
+    [
+        (
+            _socket(0o660, 0, 4242, "root", "dockerusers"),
+            "is not in the socket's group `dockerusers`",
+            "`sudo usermod -aG dockerusers ",
+        ),
+        (
+            _socket(0o660, 0, 0, "root", "root"),
+            "no group may open the socket (group root, mode 0660): only root can use Docker",
+            "sudo chgrp docker /run/x/docker.sock && sudo chmod 660 /run/x/docker.sock",
+        ),
+        (
+            _socket(0o600, 0, 4242, "root", "docker"),
+            "no group may open the socket (group docker, mode 0600)",
+            "sudo chmod 660 /run/x/docker.sock",
+        ),
+        (
+            _socket(0o600, 54321, 54321, "alice", "alice"),
+            "the socket is a rootless daemon of user alice: only alice may open it",
+            "run the suite as alice, or start a rootless daemon of your own",
+        ),
+    ],
+    ids=["other-group", "root-group", "owner-only", "someone-elses-rootless"],
+)
+def test_permission_diagnosis_follows_from_the_socket(sock: SocketInfo, cause: str, fix: str) -> None:
+    """The fix names the socket's real group and mode, not a `docker` group it may not have."""
+    diagnosis = diagnose_permission(Endpoint("unix:///run/x/docker.sock"), sock)
+    assert "/run/x/docker.sock is owner " in diagnosis.found
+    assert f"group {sock.group}, mode {sock.mode:04o}" in diagnosis.found
+    assert cause in diagnosis.cause
+    assert fix in diagnosis.fix
