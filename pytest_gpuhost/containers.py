@@ -258,37 +258,14 @@ def diagnose_version_mismatch(text: str) -> Diagnosis | None:
 
 
 def ensure_image(client: docker.DockerClient, image: str, policy: str) -> None:
-    """Make ``image`` present per the pull policy, or explain how to provide it."""
-    import docker
+    """Make ``image`` present per the pull policy, or explain how to provide it (``images.py``)."""
+    from pytest_gpuhost.images import ImageUnavailable
+    from pytest_gpuhost.images import ensure_image as ensure
 
-    present = True
     try:
-        client.images.get(image)
-    except docker.errors.ImageNotFound:
-        present = False
-    if present and policy != "always":
-        return
-    if not present and policy == "never":
-        raise ContainerFailure(
-            Diagnosis(
-                f"image {image} is not on this host and --gpuhost-pull is never",
-                "the image was never pulled or loaded here",
-                f"`docker pull {image}`, or `docker load -i image.tar`, or choose --gpuhost-image from `docker images`",
-            )
-        )
-    try:
-        client.images.pull(image)
-    except docker.errors.APIError as exc:
-        if present:
-            return  # "always" on an offline host: the local copy still serves
-        raise ContainerFailure(
-            Diagnosis(
-                f"image {image} is not on this host and cannot be pulled: {exc.explanation or exc}",
-                "the host has no route to the registry (offline), the name is wrong, or a login is needed",
-                f"on a connected machine: `docker pull {image} && docker save {image} -o image.tar`; copy it "
-                "here and `docker load -i image.tar`; or `docker login`; or pick a present image with --gpuhost-image",
-            )
-        ) from None
+        ensure(client, image, policy)
+    except ImageUnavailable as exc:
+        raise ContainerFailure(exc.diagnosis) from None
 
 
 @dataclass
