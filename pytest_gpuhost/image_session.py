@@ -138,3 +138,4 @@ def terminal_sink(config: pytest.Config) -> ProgressSink | None:
 def install(config: pytest.Config, settings: Settings) -> None:
     """This session's pull limits and progress sink."""
     configure(settings.pull_timeout, settings.pull_stall, terminal_sink(config))
+    config.add_cleanup(lambda: configure(1800.0, 120.0, None))  # the terminal closes with the session

@@ -211,10 +211,13 @@ def pull_image(
     *,
     timeout: float | None = None,
     stall: float | None = None,
-    sink: ProgressSink | None = None,
+    sink: ProgressSink | str | None = "session",
     progress_after: float | None = None,
+    on_event: Callable[[Mapping[str, Any]], None] | None = None,
 ) -> PullProgress:
     """Pull ``image`` within ``timeout`` seconds, failing when no byte arrives for ``stall`` seconds.
+
+    Limits left None and ``sink="session"`` are the session's (``configure``); ``sink=None`` shows nothing.
 
     The stream is read in a thread so that the deadline and the stall limit hold whatever the
     daemon does; giving up closes the connection, which cancels the daemon's pull.
@@ -223,7 +226,8 @@ def pull_image(
 
     timeout = POLICY.timeout if timeout is None else timeout
     stall = POLICY.stall if stall is None else stall
-    sink = POLICY.sink if sink is None else sink
+    if isinstance(sink, str):  # "session": the session's terminal, when there is one
+        sink = POLICY.sink
     progress_after = POLICY.progress_after if progress_after is None else progress_after
     started = time.monotonic()
     progress = PullProgress(image, started)
@@ -270,6 +274,8 @@ def pull_image(
             now = time.monotonic()
             if kind == "event":
                 progress.feed(payload, now)
+                if on_event is not None:
+                    on_event(payload)
                 if progress.error:
                     raise ImageUnavailable(
                         offline_diagnosis(image, f"image {image} cannot be pulled: {progress.error}")
