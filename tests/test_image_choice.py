@@ -212,11 +212,13 @@ def test_the_suite_pulls_the_chosen_images_once(
     as_driver(gpuhost_pytester, "570.172.08")
     args = ("--gpuhost-registry", registry.host, "-k", "test_custom_image_sees_the_gpus", "-rs")
     try:
-        first = gpuhost_pytester.run_plain(*args)
-        first.stdout.fnmatch_lines([f"gpuhost: image {image}: *", f"gpuhost: pulled {workload}: *"])
+        first = gpuhost_pytester.run_plain(*args, "-q")  # the pull's line shows under -q too
+        first.stdout.fnmatch_lines([f"gpuhost: pulled {workload}: *"])
+        assert "Traceback" not in first.stdout.str()
         assert image_present(client, image) and image_present(client, workload)
         started = time.monotonic()
         second = gpuhost_pytester.run_plain(*args, "--junitxml", str(tmp_path / "second.xml"))
+        second.stdout.fnmatch_lines([f"gpuhost: image {image}: *", f"gpuhost: workload image {workload}: *"])
         assert "gpuhost: pulled" not in second.stdout.str()
         assert time.monotonic() - started < 30
         assert "gpuhost: pulled" not in (tmp_path / "second.xml").read_text()
@@ -251,3 +253,45 @@ def test_an_offline_host_gets_one_diagnosis(
     )
     assert outcomes["skipped"] >= 5  # the matmul cases of each dtype
     assert "Traceback" not in out
+
+
+_WORKING_GPU_CONTAINERS = """
+
+import pytest
+
+from pytest_gpuhost.container_fixtures import GpuContainerProbe
+
+
+@pytest.fixture(scope="session")
+def gpuhost_gpu_container():
+    # This machine has no GPU: GPU containers are taken as working, so the load is tried.
+    return GpuContainerProbe()
+"""
+
+
+def test_a_load_that_cannot_start_reads_the_link_at_idle(
+    gpuhost_pytester: GpuhostPytester, client: docker.DockerClient, base: str
+) -> None:
+    """The load container cannot start (this machine has no GPU device nodes): each check says so, read at idle."""
+    gpuhost_pytester.setup("h100", extra_conftest=_WORKING_GPU_CONTAINERS)
+    result = gpuhost_pytester.run_plain(
+        "--gpuhost-workload-image",
+        base,
+        "--gpuhost-gpu-access",
+        "devices",
+        "--gpuhost-pull",
+        "never",
+        "-k",
+        "test_pcie_link or test_no_clock_slowdown",
+        "-s",
+        "-W",
+        "always::pytest_gpuhost.diagnosis.GpuhostWarning",
+    )
+    out = result.stdout.str()
+    result.assert_outcomes(passed=2, deselected=result.parseoutcomes()["deselected"], warnings=2)
+    assert out.count("gpuhost.note the load did not start, so this was read at idle: ") == 2, out
+    assert "the GPU load behind the PCIe and clock checks did not start; read at idle instead" in out
+    assert "gpuhost.metric pcie_measured_under_load=False" in out
+    assert "executable file not found" in out or "no such file or directory" in out, out
+    assert "Traceback" not in out
+    assert not client.containers.list(all=True, filters={"label": "io.pytest-gpuhost.check=gpu-load"})
