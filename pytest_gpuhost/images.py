@@ -443,8 +443,15 @@ def build_image(
     tag = tag or image_tag(path, buildargs)
     labels = {LABEL_OWNER: "1", LABEL_DOCKERFILE: str(path)}
 
-    def build() -> Any:
-        return client.images.build(
+    sink = POLICY.sink
+    started = time.monotonic()
+
+    def build() -> None:
+        """The daemon's build stream, read here so that each step shows as it starts."""
+        log: list[Any] = []
+        step = "sending the context"
+        next_line = started + POLICY.progress_after
+        for chunk in client.api.build(
             path=str(context_dir),
             dockerfile=str(path),
             tag=tag,
@@ -455,7 +462,21 @@ def build_image(
             network_mode=network_mode,
             buildargs=dict(buildargs or {}),
             timeout=int(max(timeout, 1)),
-        )
+            decode=True,
+        ):
+            log.append(chunk)
+            if isinstance(chunk, Mapping) and "error" in chunk:
+                raise docker_sdk.errors.BuildError(str(chunk["error"]), iter(log))
+            text = str(chunk.get("stream", "")) if isinstance(chunk, Mapping) else ""
+            found = _STEP.match(text.strip())
+            if found:
+                step = text.strip()
+            now = time.monotonic()
+            if sink is not None and now >= next_line:
+                sink(f"gpuhost: building {tag}: {step} ({human_seconds(now - started)} so far)", False)
+                next_line = now + PROGRESS_EVERY_S
+        if sink is not None:
+            sink(f"gpuhost: built {tag} from {path} in {time.monotonic() - started:.1f} s", True)
 
     try:
         call_with_timeout(build, timeout, "docker build")
