@@ -175,12 +175,17 @@ def _split_name(image: str) -> tuple[str, str]:
     return image, "latest"
 
 
-def offline_diagnosis(image: str, found: str) -> Diagnosis:
+OFFLINE_CAUSE = (
+    "the host has no route to the registry (offline, a firewall, a proxy the daemon does not use), "
+    "the name is wrong, or a login is needed"
+)
+
+
+def offline_diagnosis(image: str, found: str, cause: str = OFFLINE_CAUSE) -> Diagnosis:
     """An image this host cannot get: the two ways to bring it named, with the image."""
     return Diagnosis(
         found,
-        "the host has no route to the registry (offline, a firewall, a proxy the daemon does not use), "
-        "the name is wrong, or a login is needed",
+        cause,
         f"on a connected machine `docker pull {image} && docker save {image} | ssh THIS-HOST docker load`; "
         'or give the daemon a registry mirror ("registry-mirrors" in /etc/docker/daemon.json, or '
         "--gpuhost-registry HOST:PORT); or choose a present image (--gpuhost-image, --gpuhost-workload-image)",
@@ -342,7 +347,9 @@ def ensure_image(client: docker.DockerClient, image: str, policy: str) -> None:
     if not present and policy == "never":
         raise ImageUnavailable(
             offline_diagnosis(
-                image, f"image {image} is not on this host and --gpuhost-pull is never (no pull was tried)"
+                image,
+                f"image {image} is not on this host and --gpuhost-pull is never (no pull was tried)",
+                "the image was never pulled or loaded here, and the run may not pull",
             )
         )
     try:

@@ -253,6 +253,12 @@ def test_an_offline_host_gets_one_diagnosis(
     )
     assert outcomes["skipped"] >= 5  # the matmul cases of each dtype
     assert "Traceback" not in out
+    # The same under pytest-xdist: the workers report the one diagnosis, the controller its header.
+    parallel = gpuhost_pytester.run_plain(
+        "-p", "xdist.plugin", "-n", "2", "--gpuhost-pull", "never", "-k", "test_custom_image or test_matmul"
+    )
+    parallel.assert_outcomes(failed=1, skipped=outcomes["skipped"])
+    parallel.stdout.fnmatch_lines([f"gpuhost: workload image {workload}: *"])
 
 
 _WORKING_GPU_CONTAINERS = """
