@@ -133,8 +133,10 @@ class PullProgress:
         elif status in ("Download complete", "Pull complete", "Already exists"):
             self.done.add(layer)
             current = total = max(total, current)
-            if status == "Download complete":
-                self.last_bytes_at = now
+            self.last_bytes_at = now
+        elif status in ("Extracting", "Verifying Checksum"):
+            # Unpacking a multi-gigabyte layer takes minutes without a byte downloaded: not a stall.
+            self.last_bytes_at = now
         self.layers[layer] = (current, total)
 
     @property

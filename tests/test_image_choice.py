@@ -301,3 +301,21 @@ def test_a_load_that_cannot_start_reads_the_link_at_idle(
     assert "executable file not found" in out or "no such file or directory" in out, out
     assert "Traceback" not in out
     assert not client.containers.list(all=True, filters={"label": "io.pytest-gpuhost.check=gpu-load"})
+
+
+def test_unpacking_a_large_layer_is_not_a_stall() -> None:
+    """The daemon's events in their own format: extraction shows no download bytes but is progress."""
+    progress = PullProgress("big:1", started=0.0)
+    progress.feed({"status": "Pulling fs layer", "id": "a1"}, now=0.5)
+    progress.feed(
+        {"status": "Downloading", "id": "a1", "progressDetail": {"current": 10, "total": 100}}, now=1.0
+    )
+    assert progress.last_bytes_at == 1.0
+    progress.feed({"status": "Waiting", "id": "b2"}, now=50.0)
+    assert progress.last_bytes_at == 1.0  # waiting is not progress
+    progress.feed({"status": "Download complete", "id": "a1"}, now=60.0)
+    progress.feed(
+        {"status": "Extracting", "id": "a1", "progressDetail": {"current": 5, "total": 100}}, now=300.0
+    )
+    assert progress.last_bytes_at == 300.0
+    assert progress.received == 100 and len(progress.done) == 1
