@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 from pytest_gpuhost.diagnosis import Diagnosis
 from pytest_gpuhost.facts.model import GpuInfo
 from pytest_gpuhost.host import Host
+from pytest_gpuhost.images import ImageUnavailable
+from pytest_gpuhost.images import ensure_image as ensure_present
 
 if TYPE_CHECKING:
     import docker
@@ -259,11 +261,8 @@ def diagnose_version_mismatch(text: str) -> Diagnosis | None:
 
 def ensure_image(client: docker.DockerClient, image: str, policy: str) -> None:
     """Make ``image`` present per the pull policy, or explain how to provide it (``images.py``)."""
-    from pytest_gpuhost.images import ImageUnavailable
-    from pytest_gpuhost.images import ensure_image as ensure
-
     try:
-        ensure(client, image, policy)
+        ensure_present(client, image, policy)
     except ImageUnavailable as exc:
         raise ContainerFailure(exc.diagnosis) from None
 
