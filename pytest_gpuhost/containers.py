@@ -31,6 +31,8 @@ from pytest_gpuhost.docker_errors import (
 from pytest_gpuhost.facts.model import GpuInfo
 from pytest_gpuhost.facts.toolkit_pitfalls import diagnose_toolkit_error
 from pytest_gpuhost.host import Host
+from pytest_gpuhost.images import ImageUnavailable
+from pytest_gpuhost.images import ensure_image as ensure_present
 
 if TYPE_CHECKING:
     import docker
@@ -51,7 +53,6 @@ DRIVER_LIBRARIES = (
     "libnvidia-nvvm.so.4",
     "libcudadebugger.so.1",
 )
-PULL_TIMEOUT = 1800.0  # a pull is a stream: without an overall deadline a stalled registry hangs the run
 TOOLKIT_FIX = (
     "install the NVIDIA Container Toolkit (https://docs.nvidia.com/datacenter/cloud-native/container-toolkit/"
     "latest/install-guide.html), then `sudo nvidia-ctk runtime configure --runtime=docker && "
@@ -273,48 +274,14 @@ def diagnose_version_mismatch(text: str) -> Diagnosis | None:
     return None
 
 
-def ensure_image(
-    client: docker.DockerClient, image: str, policy: str, pull_timeout: float = PULL_TIMEOUT
-) -> None:
-    """Make ``image`` present per the pull policy, or explain how to provide it."""
-    import docker
-
-    from pytest_gpuhost.timeouts import call_with_timeout
-
-    present = True
+def ensure_image(client: docker.DockerClient, image: str, policy: str) -> None:
+    """Make ``image`` present per the pull policy, or explain how to provide it (``images.py``)."""
     try:
-        with mapped(f"docker image inspect {image}", client=client):
-            try:
-                client.images.get(image)
-            except docker.errors.ImageNotFound:
-                present = False
-    except DaemonFault as fault:
-        raise ContainerFailure(fault.diagnosis) from None
-    if present and policy != "always":
-        return
-    if not present and policy == "never":
-        raise ContainerFailure(
-            Diagnosis(
-                f"image {image} is not on this host and --gpuhost-pull is never",
-                "the image was never pulled or loaded here",
-                f"`docker pull {image}`, or `docker load -i image.tar`, or choose --gpuhost-image from `docker images`",
-            )
-        )
-    try:
-        call_with_timeout(lambda: client.images.pull(image), pull_timeout, f"docker pull {image}")
-    except docker.errors.APIError as exc:
-        if present:
-            return  # "always" on an offline host: the local copy still serves
-        raise ContainerFailure(
-            Diagnosis(
-                f"image {image} is not on this host and cannot be pulled: {exc.explanation or exc}",
-                "the host has no route to the registry (offline), the name is wrong, or a login is needed",
-                f"on a connected machine: `docker pull {image} && docker save {image} -o image.tar`; copy it "
-                "here and `docker load -i image.tar`; or `docker login`; or pick a present image with --gpuhost-image",
-            )
-        ) from None
+        ensure_present(client, image, policy)
+    except ImageUnavailable as exc:
+        raise ContainerFailure(exc.diagnosis) from None
     except daemon_faults() as exc:
-        raise ContainerFailure(diagnose(exc, f"docker pull {image}")) from None
+        raise ContainerFailure(diagnose(exc, f"docker image {image}")) from None
 
 
 @dataclass

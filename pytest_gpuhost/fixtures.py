@@ -20,7 +20,8 @@ def gpuhost_session(pytestconfig: pytest.Config) -> GpuhostSession:
 
 @pytest.fixture(scope="session")
 def gpuhost_settings(gpuhost_session: GpuhostSession) -> Settings:
-    return gpuhost_session.settings
+    """The run's settings, with the images the user left to the suite chosen for the driver."""
+    return gpuhost_session.image_settings()[0]
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_gpuhost.diagnosis import Diagnosis, warn
 from pytest_gpuhost.docker_fixtures import DockerConnection
 from pytest_gpuhost.facts.health import (
     FabricFacts,
@@ -54,16 +55,57 @@ class LiveSampler:
     load: GpuLoad | None
     sampling: Sampling = field(default_factory=Sampling)
     _measured: dict[str, LiveMeasurement] = field(default_factory=dict)
+    _load_failed: dict[str, Diagnosis] = field(default_factory=dict)
 
     def measure(self, gpu: GpuInfo) -> LiveMeasurement:
+        """The measurement; when the load cannot start, one at idle, and each check says so."""
         key = gpu.uuid or gpu.pci_bus_id
         if key not in self._measured:
             load = self.load
             load_fn = (lambda: load(gpu)) if load is not None else None
-            self._measured[key] = measure_under_load(
-                lambda: read_live(self.host, gpu, self.timeout, self.use_nvml), load_fn, self.sampling
+
+            def read() -> Any:
+                return read_live(self.host, gpu, self.timeout, self.use_nvml)
+
+            try:
+                self._measured[key] = measure_under_load(read, load_fn, self.sampling)
+            except _load_errors() as exc:
+                self._load_failed[key] = load_diagnosis(exc)
+                self._measured[key] = measure_under_load(read, None, self.sampling)
+        failed = self._load_failed.get(key)
+        if failed is not None:
+            print(f"gpuhost.note the load did not start, so this was read at idle: {failed.found}")
+            warn(
+                f"the GPU load behind the PCIe and clock checks did not start; read at idle instead: {failed.found}",
+                failed.cause,
+                failed.fix,
             )
         return self._measured[key]
+
+
+def _load_errors() -> tuple[type[BaseException], ...]:
+    from pytest_gpuhost.containers import ContainerFailure
+    from pytest_gpuhost.images import ImageUnavailable
+
+    errors: list[type[BaseException]] = [ContainerFailure, ImageUnavailable]
+    with contextlib.suppress(ImportError):
+        import docker
+        import requests
+
+        errors += [docker.errors.DockerException, requests.exceptions.RequestException]
+    return tuple(errors)
+
+
+def load_diagnosis(exc: BaseException) -> Diagnosis:
+    """The failure of the load as a diagnosis (the container's own, or the daemon's error)."""
+    found = getattr(exc, "diagnosis", None)
+    if isinstance(found, Diagnosis):
+        return found
+    return Diagnosis(
+        f"the load container failed: {exc}",
+        "the Docker daemon refused or lost the container",
+        "run the suite's matmul check (step 4.1) to see the workload's own error",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -111,7 +153,8 @@ def gpuhost_gpu_load(
     probe = request.getfixturevalue("gpuhost_gpu_container")
     if probe.diagnosis is not None:
         return None
-    return container_load(request.getfixturevalue("gpuhost_containers"), gpuhost_settings)
+    image = request.getfixturevalue("gpuhost_workload_image")
+    return container_load(request.getfixturevalue("gpuhost_containers"), gpuhost_settings, image)
 
 
 @pytest.fixture(scope="session")

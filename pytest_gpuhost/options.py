@@ -77,7 +77,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
     ),
     OptionSpec(
         "--gpuhost-image",
-        f"CUDA image for container checks (default {DEFAULT_IMAGE})",
+        "CUDA image for container checks (default: the newest nvidia/cuda base image the driver supports)",
         default=DEFAULT_IMAGE,
         metavar="IMAGE",
     ),
@@ -96,7 +96,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("--gpuhost-compose", "a compose file whose GPU reservations to validate", metavar="FILE"),
     OptionSpec(
         "--gpuhost-workload-image",
-        "image with PyTorch or CuPy for the matmul and burn (default: --gpuhost-image)",
+        "image with PyTorch or CuPy for the matmul, load and burn (default: the official PyTorch image "
+        "for the driver's CUDA; 'base' for --gpuhost-image)",
         metavar="IMAGE",
     ),
     OptionSpec(
@@ -173,6 +174,25 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "where the burn runs: container (default) or host",
         default="container",
         choices=("container", "host"),
+    ),
+    OptionSpec(
+        "--gpuhost-registry",
+        "pull the default images through this registry, a mirror of Docker Hub (HOST[:PORT])",
+        metavar="HOST",
+    ),
+    OptionSpec(
+        "--gpuhost-pull-timeout",
+        "seconds one image pull or build may take in all (default 1800)",
+        default=1800.0,
+        type=float,
+        metavar="SECONDS",
+    ),
+    OptionSpec(
+        "--gpuhost-pull-stall",
+        "seconds a pull may go without receiving a byte before it counts as stalled (default 120)",
+        default=120.0,
+        type=float,
+        metavar="SECONDS",
     ),
     OptionSpec(
         "--gpuhost-temp-limit",

@@ -189,6 +189,9 @@ class GpuhostSession:
                 config.pluginmanager.register(module, f"gpuhost-{module.__name__.rsplit('.', 1)[-1]}")
         install_sigterm_handler()
         junit_to_system_out(config)
+        from pytest_gpuhost import image_session
+
+        image_session.install(config, settings)  # pull limits and the terminal's pull progress
         if config.args_source != pytest.Config.ArgsSource.ARGS:
             # Collect the shipped suite unless the user named their own paths.
             config.args = [str(suite_dir())]
@@ -331,7 +334,14 @@ class GpuhostSession:
                 f"CUDA {facts.cuda_driver_version or 'none'}, {len(gpus)} GPU(s): {models} "
                 f"(source: {facts.listing.source if facts.listing.ok else 'none'})"
             )
-        return lines
+        return lines + self.image_settings()[1]
+
+    def image_settings(self) -> tuple[Settings, list[str]]:
+        """The settings with the images chosen for the drivers (``image_session``), and why."""
+        from pytest_gpuhost.image_session import resolved
+
+        self.gather_all()
+        return resolved(self.config, self.settings, [self.facts_for(h.name) for h in self.hosts])
 
     def pytest_pycollect_makeitem(
         self, collector: pytest.Collector, name: str, obj: object

@@ -58,6 +58,11 @@ class Settings:
     advisories: str | None = None
     advisories_max_age: float = 90.0  # options.DEFAULT_ADVISORIES_MAX_AGE
     daemon_reload: str = "no"
+    registry: str | None = None
+    pull_timeout: float = 1800.0
+    pull_stall: float = 120.0
+    # False: --gpuhost-image was not given, and the session chooses the image for the driver.
+    image_explicit: bool = True
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:
@@ -81,7 +86,12 @@ class Settings:
         if values["inject_fault"] and os.environ.get(FAULT_SWITCH) != "1":
             # A test-only switch: a normal run can never corrupt results by accident.
             raise UsageError(f"--gpuhost-inject-fault is for testing the suite; it needs {FAULT_SWITCH}=1")
-        return cls(tier=tier, burn_seconds=burn_seconds, **values)
+        if values["pull_timeout"] <= 0 or values["pull_stall"] <= 0:
+            raise UsageError("--gpuhost-pull-timeout and --gpuhost-pull-stall must be positive")
+        explicit = config.getoption("gpuhost_image", default=None) is not None or bool(
+            config.getini("gpuhost_image")
+        )
+        return cls(tier=tier, burn_seconds=burn_seconds, image_explicit=explicit, **values)
 
     def tier_rank(self) -> int:
         return TIERS.index(self.tier)

@@ -6,10 +6,12 @@ GPU read one run's results instead of each starting a container.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +22,17 @@ from pytest_gpuhost.burn.run import BurnOutcome, Launcher, host_process, run_bur
 from pytest_gpuhost.container_fixtures import GpuContainerProbe
 from pytest_gpuhost.containers import ContainerFailure, Containers, GpuRequest
 from pytest_gpuhost.diagnosis import Diagnosis
+from pytest_gpuhost.docker_fixtures import DockerConnection
 from pytest_gpuhost.facts.model import GpuInfo, HostFacts
 from pytest_gpuhost.host import Host
+from pytest_gpuhost.images import (
+    LABEL_OWNER,
+    ImageUnavailable,
+    build_image,
+    ensure_image,
+    image_present,
+    image_tag,
+)
 from pytest_gpuhost.options import FAULT_SWITCH
 from pytest_gpuhost.remote import is_remote
 from pytest_gpuhost.session import select_gpus
@@ -37,6 +48,61 @@ from pytest_gpuhost.workload_runner import (
 )
 
 MATMUL_DTYPES = ("float64", "float32", "tf32", "bfloat16", "float16")
+CHECK_WORKLOAD_IMAGE = "test_custom_image_sees_the_gpus"
+
+
+@dataclass
+class WorkloadImage:
+    """The workload image, made present once per session (pulled, or built from --gpuhost-dockerfile).
+
+    When it cannot be had, ``diagnosis`` says why: ``CHECK_WORKLOAD_IMAGE`` fails with it, once,
+    and every check that needs the image skips naming it.
+    """
+
+    image: str
+    diagnosis: Diagnosis | None = None
+    built: bool = False
+
+    def require(self) -> None:
+        if self.diagnosis is not None:
+            pytest.skip(f"needs the workload image: {CHECK_WORKLOAD_IMAGE} failed: {self.diagnosis.found}")
+
+
+def prepare_workload_image(client: Any, settings: Settings) -> WorkloadImage:
+    """Build the image from --gpuhost-dockerfile (once: the tag follows the content), else pull it."""
+    image = workload_image(settings)
+    dockerfile = settings.dockerfile
+    try:
+        if dockerfile and Path(dockerfile).is_file() and image == image_tag(Path(dockerfile).resolve()):
+            if image_present(client, image):
+                return WorkloadImage(image)
+            build_image(client, dockerfile, tag=image, timeout=settings.pull_timeout)
+            return WorkloadImage(image, built=True)
+        if dockerfile and not Path(dockerfile).is_file():
+            build_image(client, dockerfile, timeout=settings.pull_timeout)  # its diagnosis names the path
+        ensure_image(client, image, settings.pull)
+    except ImageUnavailable as exc:
+        return WorkloadImage(image, exc.diagnosis)
+    return WorkloadImage(image)
+
+
+@pytest.fixture(scope="session")
+def gpuhost_workload_image(
+    gpuhost_docker_connection: DockerConnection, gpuhost_settings: Settings, gpuhost_host: Host
+) -> Iterator[WorkloadImage]:
+    """The workload image of this host; an image this session built is removed at its end."""
+    import docker
+
+    client = gpuhost_docker_connection.require()
+    prepared = prepare_workload_image(client, gpuhost_settings)
+    try:
+        yield prepared
+    finally:
+        if prepared.built:
+            with contextlib.suppress(docker.errors.DockerException):
+                labels = client.images.get(prepared.image).labels or {}
+                if labels.get(LABEL_OWNER) == "1":
+                    client.images.remove(prepared.image, force=True)
 
 
 class MatmulRuns:
@@ -82,8 +148,12 @@ class MatmulRuns:
 
 @pytest.fixture(scope="session")
 def gpuhost_matmul(
-    gpuhost_gpu_container: GpuContainerProbe, gpuhost_containers: Containers, gpuhost_settings: Settings
+    gpuhost_gpu_container: GpuContainerProbe,
+    gpuhost_containers: Containers,
+    gpuhost_settings: Settings,
+    gpuhost_workload_image: WorkloadImage,
 ) -> MatmulRuns:
+    gpuhost_workload_image.require()
     gpuhost_gpu_container.require()
     return MatmulRuns(gpuhost_containers, gpuhost_settings, None)
 
@@ -92,12 +162,18 @@ LOAD_START_TIMEOUT_S = 120.0
 
 
 def container_load(
-    containers: Containers, settings: Settings
+    containers: Containers, settings: Settings, image: WorkloadImage | None = None
 ) -> Callable[[GpuInfo], AbstractContextManager[object]]:
-    """A GPU kept busy by the burn workload (small matrices, unverified) while the block runs."""
+    """A GPU kept busy by the burn workload (small matrices, unverified) while the block runs.
+
+    Raises ``ContainerFailure`` when the load cannot start (the workload image is missing, the
+    container fails): the live checks then read at idle and say why (``LiveSampler``).
+    """
 
     @contextmanager
     def load(gpu: GpuInfo) -> Iterator[object]:
+        if image is not None and image.diagnosis is not None:
+            raise ContainerFailure(image.diagnosis)
         argv = workload_command(settings, "burn.py", "--seconds", "120", "--gpus", "0", "--max-mem-gib", "2")
         argv.append("--no-verify")
         with started_workload(
@@ -165,6 +241,7 @@ def gpuhost_burn(
         # Only the container path needs Docker: a host burn runs before Docker is installed (step 1.2).
         probe: GpuContainerProbe = request.getfixturevalue("gpuhost_gpu_container")
         probe.require()
+        request.getfixturevalue("gpuhost_workload_image").require()
         containers: Containers = request.getfixturevalue("gpuhost_containers")
         argv = workload_command(
             settings,

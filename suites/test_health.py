@@ -89,7 +89,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             "cuda_image", [pytest.param("", marks=pytest.mark.skip(reason="needs --gpuhost"))]
         )
         return
-    images = configured_images(session.settings)
+    images = configured_images(session.image_settings()[0])  # the images chosen for the driver
     metafunc.parametrize("cuda_image", [image for _, image in images], ids=[role for role, _ in images])
 
 

@@ -1076,11 +1076,15 @@ def test_suite_on_healthy_h100(gpuhost_pytester: GpuhostPytester) -> None:
     health_host(gpuhost_pytester, healthy_log("h100"))
     result = run_health(gpuhost_pytester)
     out = result.stdout.str()
-    # Not applicable on this H100 VM: retired pages, Fabric Manager, the GPU fabric; the image is absent.
-    result.assert_outcomes(passed=9, skipped=4, deselected=result.parseoutcomes()["deselected"])
+    # Not applicable on this H100 VM: retired pages, Fabric Manager, the GPU fabric; both images
+    # (the given one and the PyTorch image chosen for the driver) are absent.
+    result.assert_outcomes(passed=9, skipped=5, deselected=result.parseoutcomes()["deselected"])
     assert "not applicable: retired pages is not supported on NVIDIA H100 80GB HBM3" in out
     assert "not applicable: no NVSwitch on this host" in out
     assert "gpuhost-test-health-absent:0 is not present locally" in out or "needs docker" in out
+    assert (
+        "pytorch/pytorch:2.9.1-cuda13.0-cudnn9-runtime is not present locally" in out or "needs docker" in out
+    )
     for metric in (
         "gpuhost.metric ecc_uncorrected_volatile=0",
         "gpuhost.metric pcie_width_current=16",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ import docker
 import pytest
 from dockerlab import busybox_image, client_or_skip
 
+from conftest import GpuhostPytester
 from pytest_gpuhost.images import (
     LABEL_DOCKERFILE,
     LABEL_OWNER,
@@ -101,13 +103,14 @@ def test_no_dockerfile(client: docker.DockerClient, tmp_path: Path) -> None:
     assert caught.value.diagnosis.found == f"no Dockerfile at {(tmp_path / 'Dockerfile').resolve()}"
 
 
-class SlowImages:
-    def build(self, **kwargs: Any) -> None:
+class SlowApi:
+    def build(self, **kwargs: Any) -> Iterator[dict[str, str]]:
         time.sleep(2)
+        return iter(())
 
 
 class SlowClient:
-    images = SlowImages()
+    api = SlowApi()
 
 
 def test_build_timeout(tmp_path: Path) -> None:
@@ -225,3 +228,45 @@ def test_probe_with_a_broken_torch(tmp_path: Path) -> None:
     result = run_probe(tmp_path)
     assert result["torch"] is None
     assert result["error"] == "torch: OSError: libcudart.so.12: cannot open shared object file"
+
+
+def test_a_build_shows_its_steps(
+    client: docker.DockerClient, base: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pytest_gpuhost import images
+
+    lines: list[tuple[str, bool]] = []
+    monkeypatch.setattr(
+        images, "POLICY", images.PullPolicy(sink=lambda t, f: lines.append((t, f)), progress_after=0)
+    )
+    monkeypatch.setattr(images, "PROGRESS_EVERY_S", 0.0)
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_text(f"FROM {base}\nRUN sleep 1\nRUN echo done > /done\n")
+    tag = build_image(client, dockerfile, network_mode="none", timeout=120)
+    try:
+        assert any(re.search(r"Step 2/\d+ : RUN sleep 1", text) and not final for text, final in lines), lines
+        assert lines[-1][1] and lines[-1][0].startswith(
+            f"gpuhost: built {tag} from {dockerfile.resolve()} in "
+        )
+    finally:
+        remove(client, tag)
+
+
+def test_the_suite_builds_from_the_dockerfile_and_removes_it_at_the_end(
+    gpuhost_pytester: GpuhostPytester, client: docker.DockerClient, base: str, tmp_path: Path
+) -> None:
+    """--gpuhost-dockerfile: the workload image is built under its content tag and removed at the end."""
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_text(f"FROM {base}\nCOPY marker /marker\n")  # no RUN: this daemon may have no bridge
+    (tmp_path / "marker").write_text("built\n")
+    tag = image_tag(dockerfile.resolve())
+    gpuhost_pytester.setup("h100")
+    result = gpuhost_pytester.run_plain(
+        "--gpuhost-dockerfile", str(dockerfile), "--gpuhost-pull", "never", "-k", "test_custom_image", "-rs"
+    )
+    result.stdout.fnmatch_lines(
+        [f"gpuhost: workload image {tag}: built from {dockerfile}", f"gpuhost: built {tag} *"]
+    )
+    assert "Traceback" not in result.stdout.str()
+    with pytest.raises(docker.errors.ImageNotFound):
+        client.images.get(tag)

@@ -129,9 +129,13 @@ def test_defaults_without_ini_or_flags(gpuhost_pytester: GpuhostPytester) -> Non
     gpuhost_pytester.pytester.makepyfile(test_show=SHOW_SETTINGS)
     result = gpuhost_pytester.run_plain("-s", "test_show.py")
     fields = {f.name for f in dataclasses.fields(Settings)}
+    chosen = {"--gpuhost-burn", "--gpuhost-image", "--gpuhost-workload-image"}
     for spec in OPTIONS:
-        if spec.flag != "--gpuhost-burn" and _settings_field(spec) in fields:
+        if spec.flag not in chosen and _settings_field(spec) in fields:
             result.stdout.fnmatch_lines([f"SETTING {_settings_field(spec)}={spec.default!r}"])
+    # The images left to the suite are chosen for the capture's driver (CUDA 13.0): docs/images.md.
+    result.stdout.fnmatch_lines(["SETTING image='nvidia/cuda:13.0.1-base-ubuntu24.04'"])
+    result.stdout.fnmatch_lines(["SETTING workload_image='pytorch/pytorch:2.9.1-cuda13.0-cudnn9-runtime'"])
     result.stdout.fnmatch_lines(["SETTING burn_seconds=None"])
     result.stdout.fnmatch_lines(["SETTING tier='container'"])
 
