@@ -7,13 +7,17 @@ merges of the wrong files, unknown precondition names and bad ``--hosts`` are re
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import re
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 
@@ -21,6 +25,12 @@ from conftest import GpuhostPytester
 from pytest_gpuhost.baseline import BaselineError, baseline_schema_path, load_baseline, make_baseline
 from pytest_gpuhost.merge import main as merge_main
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
+
+jsonschema = pytest.importorskip("jsonschema")
 PROJECT = Path(__file__).resolve().parent.parent
 JUNIT_XSD = Path(__file__).parent / "data" / "junit-10.xsd"
 IS_ROOT = os.geteuid() == 0
@@ -124,7 +134,7 @@ def test_a_late_write_failure_is_one_line_and_keeps_the_summary(gpuhost_pytester
 
 # -- item 9: baseline contents ----------------------------------------------------------------
 
-BAD_BASELINES = {
+BAD_BASELINES: dict[str, dict[str, Any]] = {
     "host-not-an-object": {"hosts": {"vm": 5}},
     "versions-not-an-object": {"hosts": {"vm": {"versions": ["580"]}}},
     "version-not-a-string": {"hosts": {"vm": {"versions": {"driver": 580}}}},
@@ -135,8 +145,6 @@ BAD_BASELINES = {
 
 @pytest.mark.parametrize("name", BAD_BASELINES)
 def test_a_baseline_breaking_its_schema_is_refused_by_name(tmp_path: Path, name: str) -> None:
-    import jsonschema
-
     document = {"schema": "pytest-gpuhost/baseline/v1", **BAD_BASELINES[name]}
     schema = json.loads(baseline_schema_path().read_text())
     with pytest.raises(jsonschema.ValidationError):  # the schema file and the reader agree
@@ -150,8 +158,6 @@ def test_a_baseline_breaking_its_schema_is_refused_by_name(tmp_path: Path, name:
 
 
 def test_a_saved_baseline_follows_its_schema() -> None:
-    import jsonschema
-
     report = {
         "created": "2026-12-01T00:00:00+00:00",
         "hosts": [
@@ -359,29 +365,25 @@ def test_a_host_meeting_the_preconditions_passes_the_same_selection(
 # -- item 14: node ids do not depend on option values -----------------------------------------
 
 
-def test_node_ids_do_not_depend_on_a_path_option(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    python = tmp_path_factory.mktemp("opt") / "x" / "bin" / "python3"
+def test_node_ids_do_not_depend_on_a_path_option(tmp_path: Path) -> None:
+    """In a checkout, pytest chose /opt/x/bin as rootdir from ``--gpuhost-python /opt/x/bin/python3``."""
+    python = tmp_path / "opt" / "x" / "bin" / "python3"
     python.parent.mkdir(parents=True)
     python.write_text("")
-    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
-    base = [
-        "-p",
-        "pytest_gpuhost.plugin",
-        "-p",
-        "no:cacheprovider",
-        "--gpuhost",
-        "--gpuhost-tier=quick",
-        "--co",
-        "-q",
-    ]
-    plain = pytester.runpytest(*base)
-    with_path = pytester.runpytest(*base, "--gpuhost-python", str(python))
-    ids = [line for line in plain.stdout.lines if "::" in line]
-    assert ids
-    assert [line for line in with_path.stdout.lines if "::" in line] == ids
-    with_path.stdout.no_fnmatch_line(f"rootdir: {python.parent}*")
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
+
+    def collect(*args: str) -> tuple[list[str], str]:
+        argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--gpuhost", "--gpuhost-tier=quick"]
+        proc = subprocess.run(
+            [*argv, "--co", "-q", *args], cwd=PROJECT, env=env, capture_output=True, text=True, timeout=240
+        )
+        return [line for line in proc.stdout.splitlines() if "::" in line], proc.stdout + proc.stderr
+
+    ids, _ = collect()
+    assert ids and all(line.startswith("suites/") for line in ids)
+    with_path, text = collect("--gpuhost-python", str(python))
+    assert with_path == ids, text[-2000:]
+    assert str(python.parent) not in text
 
 
 # -- item 15: the README's commands are CI's --------------------------------------------------
@@ -398,10 +400,6 @@ def test_ci_runs_the_readme_test_command_as_written() -> None:
 
 
 def test_the_build_needs_a_setuptools_that_reads_the_license_expression() -> None:
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
     project = tomllib.loads((PROJECT / "pyproject.toml").read_text())
     assert project["project"]["license"] == "MIT"  # a license expression: setuptools >= 77 (PEP 639)
     for requirement in (
@@ -439,3 +437,121 @@ def run_cli(
         env=env,
         cwd=cwd,
     )
+
+
+# -- the suite: bad inputs and daemon faults in a row -----------------------------------------
+
+
+class Answers500(http.server.BaseHTTPRequestHandler):
+    """A Docker endpoint that answers every request with HTTP 500, and remembers what was asked."""
+
+    seen: ClassVar[list[str]] = []
+
+    def answer(self) -> None:
+        self.seen.append(f"{self.command} {self.path}")
+        body = b'{"message":"injected failure"}'
+        self.send_response(500)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_HEAD = do_DELETE = do_PUT = answer
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def answers_500() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answers500)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"tcp://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _cases(work: Path, http500: str) -> list[tuple[list[str], dict[str, str], str, int | None]]:
+    """(arguments, environment, text the message must name, exit code or None for any failure)."""
+    (work / "Broken.Dockerfile").write_text(BROKEN_DOCKERFILE)
+    (work / "bad-baseline.json").write_text('{"schema":"pytest-gpuhost/baseline/v1","hosts":{"vm":5}}')
+    (work / "test_typo.py").write_text(UNKNOWN_NEED)
+    usage = int(pytest.ExitCode.USAGE_ERROR)
+    quick = ["--gpuhost-tier=quick"]
+    engine = ["-k", "test_step_2_2_docker"]
+    return [
+        ([f"--gpuhost-json={work}"], {}, f"--gpuhost-json {work}", usage),
+        (["--gpuhost-save-baseline=/proc/gpuhost-nope/b.json"], {}, "/proc/gpuhost-nope/b.json", usage),
+        (["--junitxml=/proc/gpuhost-nope/j.xml"], {}, "/proc/gpuhost-nope/j.xml", usage),
+        (["--gpuhost-temp-limit", "-10"], {}, "--gpuhost-temp-limit -10", usage),
+        (["--gpuhost-temp-limit", "300"], {}, "--gpuhost-temp-limit 300", usage),
+        (["--gpuhost-burn", "0"], {}, "--gpuhost-burn '0'", usage),
+        (["--gpuhost-burn", "-5m"], {}, "--gpuhost-burn '-5m'", usage),
+        (["--gpuhost-gpus", ""], {}, "--gpuhost-gpus ''", usage),
+        (["--gpuhost-dockerfile", "no/such/Dockerfile"], {}, "no/such/Dockerfile", usage),
+        (["--gpuhost-dockerfile", "Broken.Dockerfile"], {}, "Broken.Dockerfile", usage),
+        (["--hosts=bogus://x"], {}, "--hosts bogus://x", usage),
+        (["--gpuhost-tier", "fast"], {}, "'fast'", usage),
+        (["--gpuhost-timeout", "0"], {}, "--gpuhost-timeout", usage),
+        (["--gpuhost-matmul-size", "7"], {}, "--gpuhost-matmul-size", usage),
+        (["--gpuhost-profile", "no-such-profile.toml"], {}, "no-such-profile.toml", usage),
+        (["test_typo.py"], {}, "gpu_lisitng", usage),
+        (
+            [*quick, "-k", "test_baseline_regressions", "--gpuhost-baseline=bad-baseline.json"],
+            {},
+            "bad-baseline.json",
+            1,
+        ),
+        ([*quick, "-k", "test_step_2_1_driver"], {}, "test_nvidia_gpus_on_pci_bus failed", 1),
+        (engine, {"DOCKER_HOST": "tcp://127.0.0.1:1"}, "tcp://127.0.0.1:1", 1),
+        (engine, {"DOCKER_HOST": "unix:///nonexistent.sock"}, "unix:///nonexistent.sock", 1),
+        (engine, {"DOCKER_HOST": http500}, http500, 1),
+    ]
+
+
+def _labelled_by(pid: int) -> list[str]:
+    """Containers on the machine's daemon that the pytest process ``pid`` labelled as its own."""
+    docker = pytest.importorskip("docker")
+    try:
+        client = docker.from_env(timeout=10)
+        found = client.containers.list(all=True, filters={"label": f"io.pytest-gpuhost.pid={pid}"})
+    except docker.errors.DockerException:
+        return []  # no daemon here: nothing can be left in it
+    return [c.name for c in found]
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="the cases write under /proc")
+def test_bad_inputs_and_daemon_faults_in_a_row(tmp_path: Path, answers_500: str) -> None:
+    """On this GPU-less machine: each run fails with a message naming its input, no traceback,
+    no INTERNALERROR, and nothing left behind in the daemon or the file system."""
+    cases = _cases(tmp_path, answers_500)
+    assert len(cases) >= 20
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("PYTEST_ADDOPTS", "DOCKER_HOST", "DOCKER_CONTEXT")
+    }
+    before = set(tmp_path.iterdir())
+    for args, extra, named, code in cases:
+        argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--gpuhost", *args]
+        proc = subprocess.Popen(
+            argv,
+            cwd=tmp_path,
+            env={**env, **extra},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        out, _ = proc.communicate(timeout=240)
+        where = f"{' '.join(args)} {extra}: exit {proc.returncode}\n{out[-3000:]}"
+        assert "Traceback" not in out and "INTERNALERROR" not in out, where
+        assert proc.returncode != 0, where
+        if code is not None:
+            assert proc.returncode == code, where
+        assert named in out, where
+        assert not _labelled_by(proc.pid), where
+    assert set(tmp_path.iterdir()) == before  # no probe file, no folder, no report
+    assert not Path("/proc/gpuhost-nope").exists()
+    assert Answers500.seen  # the proxy was asked
+    assert not [r for r in Answers500.seen if r.startswith("POST") and "/containers/create" in r]
