@@ -28,6 +28,7 @@ from pytest_gpuhost.host import Host, LocalHost
 from pytest_gpuhost.options import TIERS, UsageError
 from pytest_gpuhost.remote import (
     CHECK_REACHABLE,
+    host_specs,
     hosts_from_config,
     is_remote,
     probe_reachable,
@@ -185,7 +186,7 @@ class GpuhostSession:
             "markers", f"{NEEDS_MARKER}(*names): skip unless these host preconditions hold"
         )
         host = config.hook.pytest_gpuhost_make_host(config=config)
-        if host is None:
+        if host is None and host_specs(config):  # testinfra is imported only when --hosts is given
             try:
                 host = hosts_from_config(config) or None  # testinfra's --hosts, when given
             except UsageError:
