@@ -106,8 +106,8 @@ def select_gpus(gpus: tuple[GpuInfo, ...], selection: str) -> tuple[GpuInfo, ...
     return tuple(chosen)
 
 
-# The reasons of pytest_runtest_setup and gpu_params for a precondition that failed on the host.
-PRECONDITION_SKIP = re.compile(r"^(needs \w+|no GPU to check): \S+ failed: ")
+# The skip reasons (here and in the fixtures) of a check whose precondition failed on the host.
+PRECONDITION_SKIP = re.compile(r"^(needs [^:]+|no GPU to check): \S+ failed: ")
 
 
 def root_from_real_args(config: pytest.Config) -> None:

@@ -362,6 +362,23 @@ def test_a_host_meeting_the_preconditions_passes_the_same_selection(
     result.stdout.no_fnmatch_line("*the run fails*")
 
 
+@pytest.mark.parametrize(
+    ("reason", "fails"),
+    [
+        ("needs driver: test_nvidia_gpus_on_pci_bus failed: no NVIDIA GPU on the PCI bus", True),
+        ("needs GPU containers: test_container_sees_all_gpus failed: the daemon refused", True),
+        ("needs the toolkit: test_toolkit_installed failed: none of its commands is installed", True),
+        ("no GPU to check: test_gpus_listed failed: NVML cannot be loaded", True),
+        ("not applicable: NVML answers for the machine pytest runs on only", False),
+        ("no baseline to compare with: --gpuhost-baseline FILE not given", False),
+    ],
+)
+def test_which_skips_count_as_a_failed_precondition(reason: str, fails: bool) -> None:
+    from pytest_gpuhost.session import PRECONDITION_SKIP
+
+    assert bool(PRECONDITION_SKIP.match(reason)) is fails
+
+
 # -- item 14: node ids do not depend on option values -----------------------------------------
 
 
