@@ -165,7 +165,47 @@ def load_baseline(path: Path | str) -> dict[str, Any]:
         )
     if not isinstance(document.get("hosts"), dict):
         raise BaselineError(f"the baseline {path} has no hosts table")
+    problem = schema_problem(document)
+    if problem:
+        raise BaselineError(f"the baseline {path} does not follow its schema ({BASELINE_SCHEMA}): {problem}")
     return document
+
+
+def baseline_schema_path() -> Path:
+    """The JSON Schema of a baseline file (``schemas/baseline-v1.schema.json``)."""
+    return Path(__file__).resolve().parent / "schemas" / "baseline-v1.schema.json"
+
+
+FIGURE_KEY = re.compile(r"^[^/]+/.+/[^/]+$")
+
+
+def schema_problem(document: Mapping[str, Any]) -> str | None:
+    """The first place where ``document`` breaks ``baseline_schema_path()``, or None.
+
+    Checked by hand: jsonschema is a test dependency only, and the tests hold the two to agree.
+    """
+    for field in ("plugin_version", "created", "report_created"):
+        value = document.get(field)
+        if value is not None and not isinstance(value, str):
+            return f"{field} is {type(value).__name__}, expected a string"
+    for host, entry in document["hosts"].items():
+        if not isinstance(entry, dict):
+            return f"hosts.{host} is {type(entry).__name__}, expected an object of versions and figures"
+        versions = entry.get("versions", {})
+        if not isinstance(versions, dict):
+            return f"hosts.{host}.versions is {type(versions).__name__}, expected an object"
+        for name, value in versions.items():
+            if not isinstance(value, str):
+                return f"hosts.{host}.versions.{name} is {type(value).__name__}, expected a string"
+        figures = entry.get("figures", {})
+        if not isinstance(figures, dict):
+            return f"hosts.{host}.figures is {type(figures).__name__}, expected an object"
+        for key, value in figures.items():
+            if not FIGURE_KEY.match(key):
+                return f"hosts.{host}.figures key {key!r} is not scope/check/metric"
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return f"hosts.{host}.figures.{key} is {type(value).__name__}, expected a number"
+    return None
 
 
 def _fmt(value: float) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 from pytest_gpuhost.report_json import merge_reports, write_json
 
 COUNTS = ("tests", "failures", "errors", "skipped")
+TESTSUITES_COUNTS = ("tests", "failures", "errors")
 
 
 def junit_host(suite: ET.Element, fallback: str) -> str:
@@ -28,6 +29,21 @@ def junit_host(suite: ET.Element, fallback: str) -> str:
         if prop.get("name") == "gpuhost.host" and prop.get("value"):
             return str(prop.get("value"))
     return suite.get("hostname") or fallback
+
+
+def junit_hosts(suite: ET.Element) -> list[str]:
+    """Every host a suite reports: ``gpuhost.host``, or ``gpuhost.host[NAME]`` of a fleet run."""
+    names = [
+        str(prop.get("value"))
+        for prop in suite.iter("property")
+        if (prop.get("name") or "").split("[", 1)[0] == "gpuhost.host" and prop.get("value")
+    ]
+    return list(dict.fromkeys(names))
+
+
+def is_gpuhost_suite(suite: ET.Element) -> bool:
+    """A suite written by ``pytest --gpuhost``: it carries the plugin's ``gpuhost.*`` properties."""
+    return any((prop.get("name") or "").startswith("gpuhost.") for prop in suite.iter("property"))
 
 
 def junit_suites(path: Path) -> list[ET.Element]:
@@ -48,9 +64,21 @@ def merge_junit(paths: Iterable[Path | str]) -> ET.Element:
     merged = ET.Element("testsuites", name="pytest-gpuhost fleet")
     totals = dict.fromkeys(COUNTS, 0)
     seconds = 0.0
+    seen: dict[str, Path] = {}
     for path in map(Path, paths):
         for suite in junit_suites(path):
+            if not is_gpuhost_suite(suite):
+                raise ValueError(
+                    f"{path}: testsuite {suite.get('name')!r} is not from `pytest --gpuhost` "
+                    "(no gpuhost.* properties): merge only the nodes' --junitxml files"
+                )
             host = junit_host(suite, path.stem)
+            for name in junit_hosts(suite) or [host]:
+                if name in seen:
+                    raise ValueError(
+                        f"{path}: host {name!r} is already in {seen[name]}; give each node its own name"
+                    )
+                seen[name] = path
             for case in suite.iter("testcase"):
                 classname = case.get("classname") or ""
                 if classname != host and not classname.startswith(f"{host}."):
@@ -62,9 +90,15 @@ def merge_junit(paths: Iterable[Path | str]) -> ET.Element:
     if not len(merged):
         raise ValueError("no JUnit test suite to merge")
     for key, value in totals.items():
-        merged.set(key, str(value))
+        if key in TESTSUITES_COUNTS:  # junit-10.xsd has no `skipped` on <testsuites>
+            merged.set(key, str(value))
     merged.set("time", f"{seconds:.3f}")
     return merged
+
+
+def junit_total(root: ET.Element, key: str) -> int:
+    """One count over the merged suites (``skipped`` is kept per suite only)."""
+    return sum(int(suite.get(key) or 0) for suite in root.iter("testsuite"))
 
 
 def write_junit(path: Path, root: ET.Element) -> None:
@@ -84,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.output.suffix.lower() == ".xml":
             root = merge_junit(args.inputs)
             write_junit(args.output, root)
-            summary = ", ".join(f"{root.get(key)} {key}" for key in COUNTS)
+            summary = ", ".join(f"{junit_total(root, key)} {key}" for key in COUNTS)
         else:
             document = merge_reports(args.inputs)
             write_json(args.output, document)

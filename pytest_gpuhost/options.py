@@ -5,6 +5,7 @@ Kept free of third-party imports: it is loaded in every pytest session of the en
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -249,6 +250,21 @@ def add_options(parser: pytest.Parser) -> None:
             parser.addini(spec.ini, f"{spec.help} (like {spec.flag})", type="linelist", default=None)
         else:
             parser.addini(spec.ini, f"{spec.help} (like {spec.flag})", type="string", default=None)
+    accept_negative_durations(parser)
+
+
+def accept_negative_durations(parser: pytest.Parser) -> None:
+    """``--gpuhost-burn -5m`` reaches the plugin's check (a clear usage error) instead of argparse's
+    "expected one argument": argparse takes a value starting with ``-`` only if it is a number.
+
+    pytest >= 9 keeps one argparse parser (``optparser``); older ones get argparse's message.
+    """
+    optparser = getattr(parser, "optparser", None)
+    matcher = getattr(optparser, "_negative_number_matcher", None)
+    if isinstance(matcher, re.Pattern) and "[smh]" not in matcher.pattern:
+        optparser._negative_number_matcher = re.compile(  # type: ignore[union-attr]
+            rf"(?:{matcher.pattern})|^-\d+(?:\.\d+)?[smh]$"
+        )
 
 
 def is_enabled(config: pytest.Config) -> bool:

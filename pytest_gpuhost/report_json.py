@@ -387,9 +387,9 @@ class JsonReport:
         interrupted = int(exitstatus) == int(pytest.ExitCode.INTERRUPTED)
         document = self.build(int(exitstatus), interrupted)
         if self.path is not None:
-            write_json(self.path, document)
             state = "partial report (interrupted)" if interrupted else "report"
-            self.written.append(f"JSON {state}: {self.path}")
+            if self._write(session, "JSON report", self.path, document):
+                self.written.append(f"JSON {state}: {self.path}")
         if self.save_baseline_path is not None:
             why_not = self._baseline_refusal(int(exitstatus), document)
             if why_not:
@@ -397,8 +397,20 @@ class JsonReport:
             else:
                 from pytest_gpuhost.baseline import make_baseline
 
-                write_json(self.save_baseline_path, make_baseline(document))
-                self.written.append(f"baseline saved: {self.save_baseline_path}")
+                if self._write(session, "baseline", self.save_baseline_path, make_baseline(document)):
+                    self.written.append(f"baseline saved: {self.save_baseline_path}")
+
+    def _write(self, session: pytest.Session, what: str, path: Path, document: Mapping[str, Any]) -> bool:
+        """Write one file; a failure (checked writable at the start, so: a full disk, a folder
+        removed meanwhile) is one line in the summary and a failing run, never a traceback."""
+        try:
+            write_json(path, document)
+        except OSError as exc:
+            self.written.append(f"{what} NOT written to {path}: {exc.strerror or exc}")
+            if session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+            return False
+        return True
 
     @staticmethod
     def _baseline_refusal(exitstatus: int, document: Mapping[str, Any]) -> str | None:

@@ -12,6 +12,7 @@ session scope, so the session fixtures (facts, health survey, kernel log) exist 
 from __future__ import annotations
 
 import pickle
+import re
 import threading
 from collections.abc import Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,7 @@ from pytest_gpuhost.host import Host, LocalHost
 from pytest_gpuhost.options import TIERS, UsageError
 from pytest_gpuhost.remote import (
     CHECK_REACHABLE,
+    host_specs,
     hosts_from_config,
     is_remote,
     probe_reachable,
@@ -104,6 +106,45 @@ def select_gpus(gpus: tuple[GpuInfo, ...], selection: str) -> tuple[GpuInfo, ...
     return tuple(chosen)
 
 
+# The skip reasons (here and in the fixtures) of a check whose precondition failed on the host.
+PRECONDITION_SKIP = re.compile(r"^(needs [^:]+|no GPU to check): \S+ failed: ")
+
+
+def root_from_real_args(config: pytest.Config) -> None:
+    """Node ids that do not depend on the options' values.
+
+    pytest picks its rootdir (and ini file) before plugins add their options, so the value of
+    ``--gpuhost-python /opt/x/bin/python3`` looks like a test path and /opt/x/bin becomes the
+    rootdir. Decide again from the paths that are really test paths. pytest has no public API
+    for this: any surprise leaves pytest's choice as it is.
+    """
+    import inspect
+
+    try:
+        from _pytest.config.findpaths import determine_setup
+
+        given = {
+            "inifile": config.option.inifilename,
+            "override_ini": config.option.override_ini,
+            "args": [str(a) for a in config.option.file_or_dir or ()],
+            "rootdir_cmd_arg": config.option.rootdir or None,
+            "invocation_dir": config.invocation_params.dir,
+        }
+        wanted = inspect.signature(determine_setup).parameters
+        rootpath, inipath, inicfg = determine_setup(**{k: v for k, v in given.items() if k in wanted})[:3]
+        if rootpath == config.rootpath:
+            return
+        config._rootpath = rootpath
+        config._parser.extra_info["rootdir"] = str(rootpath)
+        if inipath != config.inipath:
+            config._inipath = inipath
+            config._inicfg = inicfg
+            config._inicache.clear()
+            config._parser.extra_info["inifile"] = str(inipath)
+    except Exception:
+        return
+
+
 def as_hosts(made: Host | Sequence[Host] | None) -> list[Host]:
     """What ``pytest_gpuhost_make_host`` returned, as a list; None is the local machine."""
     if made is None:
@@ -129,19 +170,29 @@ class GpuhostSession:
         self._lock = threading.Lock()
         self.unreachable: dict[str, Diagnosis] = {}
         self._pending_properties: list[tuple[str, str]] = []
+        self.precondition_skips: dict[str, str] = {}  # nodeid: why it skipped
         self._written_properties: set[tuple[str, str]] = set()
 
     @classmethod
     def install(cls, config: pytest.Config) -> GpuhostSession:
+        root_from_real_args(config)  # before any ini value is read: it may move the ini file too
         settings = Settings.from_config(config)
+        from pytest_gpuhost.input_checks import check_inputs
+
+        check_inputs(config, settings)  # output paths and the Dockerfile, before anything runs
         for tier in TIERS:
             config.addinivalue_line("markers", f"{tier}: {TIER_HELP[tier]}")
         config.addinivalue_line(
             "markers", f"{NEEDS_MARKER}(*names): skip unless these host preconditions hold"
         )
         host = config.hook.pytest_gpuhost_make_host(config=config)
-        if host is None:
-            host = hosts_from_config(config) or None  # testinfra's --hosts, when given
+        if host is None and host_specs(config):  # testinfra is imported only when --hosts is given
+            try:
+                host = hosts_from_config(config) or None  # testinfra's --hosts, when given
+            except UsageError:
+                raise
+            except Exception as exc:  # testinfra's and Ansible's errors for a bad host spec
+                raise UsageError(f"--hosts {config.getoption('hosts', default='')}: {exc}") from None
         session = cls(config, settings, host)
         session.receive_facts(getattr(config, "workerinput", None))
         config.stash[SESSION_KEY] = session
@@ -375,6 +426,7 @@ class GpuhostSession:
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        self.check_needs_names(items)
         rank = self.settings.tier_rank()
         keep: list[pytest.Item] = []
         drop: list[pytest.Item] = []
@@ -412,6 +464,38 @@ class GpuhostSession:
                         pytest.skip(f"not applicable: {pre.reason}")
                     pytest.skip(f"needs {name}: {pre.check} failed: {pre.reason}")
 
+    def check_needs_names(self, items: Sequence[pytest.Item]) -> None:
+        """An unknown name in ``gpuhost_needs(...)`` is a usage error at collection, not a KeyError
+        in every check's setup."""
+        self.gather_all()
+        known: set[str] = set()
+        for host in self.hosts:
+            known.update(self.facts_for(host.name).preconditions)
+        for item in items:
+            for marker in item.iter_markers(NEEDS_MARKER):
+                unknown = [name for name in marker.args if name not in known]
+                if unknown:
+                    raise pytest.UsageError(
+                        f"pytest-gpuhost: {item.nodeid}: @pytest.mark.{NEEDS_MARKER}({', '.join(map(repr, unknown))}): "
+                        f"unknown precondition; known: {', '.join(sorted(known))}"
+                    )
+
+    def note_precondition_skip(self, report: pytest.TestReport) -> None:
+        """Remember each check skipped because a precondition failed (also from xdist workers)."""
+        if report.skipped and isinstance(report.longrepr, tuple):
+            reason = str(report.longrepr[2]).removeprefix("Skipped: ")
+            if PRECONDITION_SKIP.match(reason):
+                self.precondition_skips.setdefault(report.nodeid, reason)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> Generator[None, object, object]:
+        """A run in which a selected check skipped for a failed precondition fails, even when the
+        check that owns the precondition was deselected: a host without a GPU never passes."""
+        result = yield
+        if self.precondition_skips and not session.testsfailed:
+            session.testsfailed = 1  # pytest then ends with TESTS_FAILED
+        return result
+
     def record_suite_property(self, host: str, name: str, value: object) -> None:
         """A JUnit testsuite property of ``host``; with several hosts its name ends in ``[host]``.
 
@@ -442,6 +526,7 @@ class GpuhostSession:
         """In the process that writes the JUnit report, each property once per name and value."""
         from _pytest.junitxml import xml_key  # the LogXML instance; pytest has no public accessor
 
+        self.note_precondition_skip(report)
         xml = self.config.stash.get(xml_key, None)
         for name, value in getattr(report, "gpuhost_suite_properties", None) or ():
             if xml is not None and (name, value) not in self._written_properties:
@@ -450,6 +535,13 @@ class GpuhostSession:
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         write = terminalreporter.write_line
+        if self.precondition_skips:
+            nodeid, reason = next(iter(self.precondition_skips.items()))
+            write(
+                f"gpuhost: the run fails: {len(self.precondition_skips)} selected check(s) skipped because "
+                f"a precondition failed, e.g. {nodeid.split('::')[-1]}: {reason}",
+                red=True,
+            )
         for host in self.hosts:
             facts = self.facts_for(host.name)
             terminalreporter.section(f"gpuhost: {facts.host}")

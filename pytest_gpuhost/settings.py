@@ -16,6 +16,8 @@ from pytest_gpuhost.options import FAULT_SWITCH, OPTIONS, TIERS, UsageError, raw
 if TYPE_CHECKING:
     import pytest
 
+# A GPU's own slowdown and shutdown temperatures lie within this range: a limit outside it is a typo.
+TEMP_LIMIT_RANGE = (30.0, 105.0)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h)?\s*$")
 
 
@@ -23,9 +25,15 @@ def parse_duration(text: str) -> float:
     """``90``, ``90s``, ``5m``, ``2h`` to seconds."""
     match = _DURATION.match(text)
     if not match:
-        raise UsageError(f"--gpuhost-burn {text!r}: give a duration such as 60s, 5m or 2h")
+        sign = "a duration cannot be negative; " if text.strip().startswith("-") else ""
+        raise UsageError(f"--gpuhost-burn {text!r}: {sign}give a duration such as 60s, 5m or 2h")
     scale = {"s": 1, "m": 60, "h": 3600}[match.group(2) or "s"]
-    return float(match.group(1)) * scale
+    seconds = float(match.group(1)) * scale
+    if seconds <= 0:
+        raise UsageError(
+            f"--gpuhost-burn {text!r}: a burn must last more than 0 s; give a duration such as 60s"
+        )
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,15 @@ class Settings:
             raise UsageError("--gpuhost-matmul-size must be between 16 and 8192")
         if values["advisories_max_age"] <= 0:
             raise UsageError("--gpuhost-advisories-max-age must be positive")
+        low, high = TEMP_LIMIT_RANGE
+        if not low <= values["temp_limit"] <= high:
+            raise UsageError(
+                f"--gpuhost-temp-limit {values['temp_limit']:g}: give a limit between {low:g} and {high:g} °C"
+            )
+        if not values["gpus"].replace(",", "").strip():
+            raise UsageError(
+                f"--gpuhost-gpus {values['gpus']!r}: give 'all' or a comma list of indices or UUIDs"
+            )
         if values["inject_fault"] and os.environ.get(FAULT_SWITCH) != "1":
             # A test-only switch: a normal run can never corrupt results by accident.
             raise UsageError(f"--gpuhost-inject-fault is for testing the suite; it needs {FAULT_SWITCH}=1")

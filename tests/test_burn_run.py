@@ -4,6 +4,7 @@ H100 capture (the only fake), the guard stopping the workload, and the per-GPU v
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import sys
 import threading
 import time
@@ -22,6 +23,10 @@ from pytest_gpuhost.diagnosis import Diagnosis
 from pytest_gpuhost.facts.model import GpuInfo
 
 DATA = Path(__file__).parent / "data"
+# The burn workload on the CPU needs PyTorch's CPU build, which the test extra does not install.
+needs_torch = pytest.mark.skipif(
+    importlib.util.find_spec("torch") is None, reason="PyTorch (CPU build) is not installed"
+)
 H100 = GpuInfo(
     index=0,
     uuid="GPU-042f1913-64c6-43ac-27c6-466e2d9041b0",
@@ -41,6 +46,7 @@ def cpu_argv(seconds: float) -> list[str]:
     return workload.command(seconds, [0], python=sys.executable, extra=["--device", "cpu", "--n", "64"])
 
 
+@needs_torch
 def test_a_burn_is_judged_per_criterion(tmp_path: Path, nvml_from_capture: None) -> None:
     outcome = burn_run.run_burn(
         [H100], 2.0, 85.0, burn_run.host_process, cpu_argv(2.0), tmp_path, in_container=False, ramp_s=0.0
@@ -80,6 +86,7 @@ class TripAfterStart(TemperatureGuard):
         return None
 
 
+@needs_torch
 def test_a_trip_mid_burn_stops_the_workload_within_a_second(
     tmp_path: Path, nvml_from_capture: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -65,6 +65,7 @@ def test_every_option_has_an_ini_equivalent(pytester: pytest.Pytester) -> None:
 
 
 SHIPPED_H100_PROFILE = Path(pytest_gpuhost.__file__).parent / "profiles" / "h100.toml"
+EXAMPLE_DOCKERFILE = Path(__file__).resolve().parent.parent / "examples" / "Dockerfile"
 
 
 def _settings_field(spec: OptionSpec) -> str:
@@ -80,6 +81,8 @@ def _sample(spec: OptionSpec) -> tuple[list[str], object]:
         "--gpuhost-matmul-size": (["512"], 512),
         "--gpuhost-inject-fault": (["bfloat16:1:2", "float32:3:4"], ("bfloat16:1:2", "float32:3:4")),
         "--gpuhost-profile": ([str(SHIPPED_H100_PROFILE)], (str(SHIPPED_H100_PROFILE),)),
+        "--gpuhost-temp-limit": (["90"], 90.0),
+        "--gpuhost-dockerfile": ([str(EXAMPLE_DOCKERFILE)], str(EXAMPLE_DOCKERFILE)),
     }
     if spec.flag in samples:
         return samples[spec.flag]
