@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pytest
 
-TIERS = ("quick", "container", "burn")
+TIERS = ("quick", "container", "hardware", "burn")  # each tier runs the ones before it
 GPU_ACCESS_MODES = ("gpus", "cdi", "runtime", "devices")
 PULL_POLICIES = ("missing", "always", "never")
 FAULT_SWITCH = "GPUHOST_ALLOW_FAULT_INJECTION"
@@ -57,7 +57,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("--gpuhost-expect-gpus", "fail unless the host shows exactly N GPUs", type=int, metavar="N"),
     OptionSpec(
         "--gpuhost-tier",
-        "quick: facts only (seconds); container: also containers (default); burn: everything",
+        "quick: facts only (seconds); container: also containers (default); hardware: also HBM, PCIe, "
+        "P2P and NCCL floors; burn: everything",
         default="container",
         choices=TIERS,
     ),
@@ -172,6 +173,20 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "where the burn runs: container (default) or host",
         default="container",
         choices=("container", "host"),
+    ),
+    OptionSpec(
+        "--gpuhost-hardware-passes",
+        "times the hardware tier's HBM pattern test runs its six patterns (default 1)",
+        default=1,
+        type=int,
+        metavar="N",
+    ),
+    OptionSpec(
+        "--gpuhost-hardware-fault",
+        "TEST ONLY: flip:GPU, slow:GPU[:FACTOR], alloc:GPU or allreduce:RANK (needs GPUHOST_ALLOW_FAULT_INJECTION=1)",
+        default=(),
+        metavar="SPEC",
+        multiple=True,
     ),
     OptionSpec(
         "--gpuhost-temp-limit",

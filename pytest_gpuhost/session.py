@@ -41,6 +41,7 @@ FACTS_KEY = "gpuhost_facts"
 TIER_HELP = {
     "quick": "gpuhost tier: facts and files only, finishes in seconds",
     "container": "gpuhost tier: starts containers on the host",
+    "hardware": "gpuhost tier: HBM, PCIe, GPU-to-GPU and NCCL bandwidth and memory patterns (tens of seconds)",
     "burn": "gpuhost tier: loads the GPUs at full power (--gpuhost-burn)",
 }
 
@@ -150,6 +151,7 @@ class GpuhostSession:
             container_fixtures,
             docker_fixtures,
             fixtures,
+            hardware_fixtures,
             health_fixtures,
             report_fixtures,
             runtime_fixtures,
@@ -180,6 +182,7 @@ class GpuhostSession:
             report_fixtures,
             runtime_fixtures,
             workload_fixtures,
+            hardware_fixtures,
         )
         for module in modules:
             # Idempotent: a test may already have loaded one with `-p`.

@@ -55,6 +55,8 @@ class Settings:
     matmul_size: int
     inject_fault: tuple[str, ...]
     dockerfile: str | None
+    hardware_passes: int = 1
+    hardware_fault: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:
@@ -76,6 +78,10 @@ class Settings:
         if values["inject_fault"] and os.environ.get(FAULT_SWITCH) != "1":
             # A test-only switch: a normal run can never corrupt results by accident.
             raise UsageError(f"--gpuhost-inject-fault is for testing the suite; it needs {FAULT_SWITCH}=1")
+        if values["hardware_passes"] < 1:
+            raise UsageError("--gpuhost-hardware-passes must be at least 1")
+        if values["hardware_fault"] and os.environ.get(FAULT_SWITCH) != "1":
+            raise UsageError(f"--gpuhost-hardware-fault is for testing the suite; it needs {FAULT_SWITCH}=1")
         return cls(tier=tier, burn_seconds=burn_seconds, **values)
 
     def tier_rank(self) -> int:

@@ -1,0 +1,86 @@
+"""The hardware tier: each GPU's HBM and PCIe measured against floors, its memory pattern-tested.
+
+Every check runs in a container through the chosen GPU access mode, with the workload image's
+PyTorch (``workloads/memory.py``, one run per GPU shared by the three checks).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_gpuhost.diagnosis import fail
+from pytest_gpuhost.facts.health import read_live
+from pytest_gpuhost.facts.model import GpuInfo
+from pytest_gpuhost.hardware import memory
+from pytest_gpuhost.hardware_fixtures import MemoryRuns, profile_for
+from pytest_gpuhost.profiles import ProfileSet
+
+pytestmark = [pytest.mark.hardware, pytest.mark.gpuhost_needs("gpu_listing")]
+
+
+def _label(gpu: GpuInfo) -> str:
+    return f"GPU {gpu.index} ({gpu.uuid})"
+
+
+def _outcome(runs: MemoryRuns, gpu: GpuInfo) -> memory.MemoryOutcome:
+    outcome = runs.get(gpu)
+    record = outcome.record
+    if record is None or "error" in record:
+        d = outcome.failure
+        if d is None:
+            fail(
+                f"{_label(gpu)}: the memory workload printed no result",
+                "the workload crashed",
+                "run it by hand",
+            )
+        fail(d.found if _label(gpu) in d.found else f"{_label(gpu)}: {d.found}", d.cause, d.fix)
+    return outcome
+
+
+def _emit(metrics: list[str]) -> None:
+    if metrics:
+        print("gpuhost.metric " + " ".join(metrics))
+
+
+def test_hbm_bandwidth(gpuhost_memory: MemoryRuns, gpuhost_profiles: ProfileSet, gpu: GpuInfo) -> None:
+    """A device-to-device copy reaches the profile's floor and is within 10 % of the host's best GPU."""
+    outcome = _outcome(gpuhost_memory, gpu)
+    assert outcome.record is not None
+    host = {
+        _label(g): v for g, o in gpuhost_memory.all().items() if (v := memory.hbm_gbps(o.record)) is not None
+    }
+    profile, defaulted = profile_for(gpuhost_profiles, gpuhost_memory.facts, gpu)
+    metrics, finding = memory.hbm_verdict(_label(gpu), outcome.record, profile, host)
+    _emit([*metrics, f"profile={profile.key}"])
+    if defaulted:
+        print(f"gpuhost.note {defaulted}")
+    if finding is not None:
+        fail(finding.found, finding.cause, finding.fix)
+
+
+def test_hbm_patterns(gpuhost_memory: MemoryRuns, gpu: GpuInfo) -> None:
+    """Six patterns over >= 90 % of the free memory read back exactly; no ECC counter grows."""
+    outcome = _outcome(gpuhost_memory, gpu)
+    metrics, finding = memory.pattern_verdict(_label(gpu), outcome)
+    _emit(metrics)
+    if finding is not None:
+        fail(finding.found, finding.cause, finding.fix)
+
+
+@pytest.mark.parametrize("direction", ["h2d", "d2h"])
+def test_pcie_bandwidth(
+    gpuhost_memory: MemoryRuns, gpuhost_profiles: ProfileSet, gpu: GpuInfo, direction: str
+) -> None:
+    """Pinned host-to-device and device-to-host copies reach the floor of the link they trained to."""
+    outcome = _outcome(gpuhost_memory, gpu)
+    assert outcome.record is not None
+    profile, _ = profile_for(gpuhost_profiles, gpuhost_memory.facts, gpu)
+    fallback: tuple[int | None, int | None] = (None, None)
+    if memory.link_of(outcome.record)[0] is None:  # the container could not see sysfs: ask the host
+        runs = gpuhost_memory
+        live = read_live(runs.host, gpu, runs.settings.timeout, use_nvml=runs.facts.nvml.ok).pcie
+        fallback = (live.current_gen, live.current_width) if live is not None else fallback
+    metrics, finding = memory.pcie_verdict(_label(gpu), outcome.record, direction, profile, fallback)
+    _emit(metrics)
+    if finding is not None:
+        fail(finding.found, finding.cause, finding.fix)

@@ -1,0 +1,299 @@
+"""The hardware tier without a GPU: its arithmetic, the memory workload on the CPU, and its verdicts.
+
+``workloads/memory.py --device cpu`` runs the same pattern and copy code with PyTorch's CPU
+tensors; the verdicts are fed the records it prints, faults injected included.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_gpuhost.facts.health import EccCounts, HealthFacts
+from pytest_gpuhost.facts.model import GpuInfo, GpuListing, HostFacts, KernelFacts, PciGpu
+from pytest_gpuhost.hardware import floors, memory
+from pytest_gpuhost.hardware_fixtures import pci_device_id, profile_for
+from pytest_gpuhost.options import TIERS
+from pytest_gpuhost.profiles import load_profiles
+
+SCRIPT = Path(__file__).resolve().parent.parent / "pytest_gpuhost" / "workloads" / "memory.py"
+DATA = Path(__file__).resolve().parent / "data"
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="PyTorch (CPU build) is not installed")
+SMALL = ["--device", "cpu", "--slice-words", "4096", "--cpu-memory-mib", "1", "--hbm-bytes", "65536"]
+SMALL += ["--pcie-bytes", "65536"]
+
+
+def run_script(*args: str, faults: bool = False) -> tuple[int, dict[str, Any]]:
+    env = {k: v for k, v in os.environ.items() if k != "GPUHOST_ALLOW_FAULT_INJECTION"}
+    if faults:
+        env["GPUHOST_ALLOW_FAULT_INJECTION"] = "1"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1, (proc.stdout, proc.stderr)
+    return proc.returncode, json.loads(lines[0])
+
+
+# -- arithmetic ---------------------------------------------------------------------------------
+
+
+def test_pcie_rates_follow_generation_and_width() -> None:
+    assert floors.pcie_link_gbps(5, 16) == pytest.approx(63.015, rel=1e-4)
+    assert floors.pcie_link_gbps(4, 16) == pytest.approx(floors.pcie_link_gbps(5, 16) / 2)
+    assert floors.pcie_link_gbps(3, 8) == pytest.approx(7.877, rel=1e-3)
+    assert floors.pcie_lane_gbps(2) == pytest.approx(0.5)
+    assert floors.gen_from_speed("32.0 GT/s PCIe") == 5
+    assert floors.gen_from_speed("16.0 GT/s PCIe") == 4
+    assert floors.gen_from_speed("garbage") is None
+    with pytest.raises(ValueError):
+        floors.pcie_lane_gbps(9)
+
+
+def test_measured_h200_figures_clear_their_floors() -> None:
+    """Issue 14's H200 figures (55.5 GB/s pinned, 4274 GB/s copy) pass; a Gen4 link's rate does not."""
+    h200 = load_profiles()["h200"]
+    pcie_floor = floors.floor(floors.pcie_link_gbps(5, 16), h200.pcie_floor)
+    assert 55.3 > pcie_floor > floors.pcie_link_gbps(4, 16)
+    assert h200.hbm_tbps is not None
+    assert floors.floor(h200.hbm_tbps * 1000, h200.hbm_floor) < 4274
+
+
+def test_bus_bandwidth_is_nccl_tests_formula() -> None:
+    assert floors.bus_bandwidth(100.0, 2) == pytest.approx(100.0)
+    assert floors.bus_bandwidth(100.0, 8) == pytest.approx(175.0)
+    assert floors.bus_bandwidth(100.0, 1) == 0.0
+    assert floors.algbw_gbps(2**30, 0.01) == pytest.approx(107.374, rel=1e-4)
+    assert floors.copy_bytes(2**30) == 2**31
+
+
+def test_peer_link_floor_comes_from_the_topology() -> None:
+    nv = floors.peer_link(18, 25.0, 5, 16)
+    assert nv is not None and (nv.kind, nv.label, nv.gbps_each_way) == ("nvlink", "NV18", 450.0)
+    pcie = floors.peer_link(0, 25.0, 5, 16)
+    assert pcie is not None and pcie.kind == "pcie" and pcie.gbps_each_way == pytest.approx(63.015, rel=1e-4)
+    assert floors.peer_link(0, None, None, None) is None
+
+
+def test_eight_gpus_make_28_pairs() -> None:
+    pairs = floors.gpu_pairs(list(range(8)))
+    assert len(pairs) == 28 and pairs[0] == (0, 1) and pairs[-1] == (6, 7)
+    assert len(set(pairs)) == 28
+
+
+def test_a_slow_gpu_among_fast_ones_is_named() -> None:
+    values = {f"GPU {i}": 4270.0 + i for i in range(8)}
+    values["GPU 5"] = 3700.0
+    slow = floors.slower_than_best(values, 0.1)
+    assert [s[0] for s in slow] == ["GPU 5"]
+    assert floors.slower_than_best({"GPU 0": 1.0}, 0.1) == []
+
+
+def test_ecc_increase_counts_only_growth() -> None:
+    before = {"a": 0, "b": 5, "c": None}
+    assert floors.ecc_increase(before, {"a": 0, "b": 7, "c": 3}) == {"b": 2}
+    assert floors.ecc_increase(before, before) == {}
+
+
+# -- profiles by PCI device ID --------------------------------------------------------------------
+
+
+def _facts_from_capture() -> HostFacts:
+    """The h200x2 capture's GPUs and PCI devices (tests/data/h200x2)."""
+    dump = json.loads((DATA / "h200x2" / "nvml-dump.json").read_text())
+    gpus = tuple(
+        GpuInfo(index=i, uuid=g["uuid"], name=g["name"], pci_bus_id=g["pci"]["busId"])
+        for i, g in enumerate(dump["gpus"])
+    )
+    pci = tuple(
+        PciGpu(
+            address=line.split()[0],
+            device_id=line.split("device=")[1].split()[0],
+            class_code="0x030200",
+            driver="nvidia",
+        )
+        for line in (DATA / "h200x2" / "sys-pci-nvidia.txt").read_text().splitlines()
+    )
+    kernel = KernelFacts(frozenset(), None, None, None, frozenset())
+    listing = GpuListing("nvml", True, gpus=gpus)
+    return HostFacts("h200x2", pci, kernel, listing, GpuListing("nvidia-smi", False))
+
+
+def test_profiles_are_found_by_pci_device_id_first() -> None:
+    facts = _facts_from_capture()
+    profiles = load_profiles()
+    gpu = facts.gpus[0]
+    assert pci_device_id(facts, gpu) == "0x2335"
+    renamed = replace(gpu, name="Some Future Name")  # the name no longer matches, the ID does
+    assert profile_for(profiles, facts, renamed)[0].key == "h200"
+    assert profiles.for_gpu("NVIDIA H200 NVL", "0x233b")[0].key == "h200-nvl"
+    assert profiles.for_gpu("NVIDIA H100 80GB HBM3")[0].key == "h100-sxm"  # the name as fallback
+    assert profiles.for_gpu("unknown", "0xffff")[0].key == "default"
+
+
+def test_the_hardware_tier_sits_between_container_and_burn() -> None:
+    assert TIERS.index("container") < TIERS.index("hardware") < TIERS.index("burn")
+
+
+def test_matmul_floor_fails_a_gpu_at_a_third_of_its_speed() -> None:
+    """DCGM issue 122: a GPU that computes correctly at a third of its speed must fail."""
+    h200 = load_profiles()["h200"]
+    for dtype, measured in {
+        "float64": 57,
+        "float32": 51,
+        "tf32": 363,
+        "bfloat16": 695,
+        "float16": 665,
+    }.items():
+        least = h200.floor_tflops(dtype)
+        assert least is not None and measured > least > measured / 3, dtype
+
+
+# -- the workload on the CPU ----------------------------------------------------------------------
+
+
+@needs_torch
+def test_clean_run_tests_every_pattern_over_the_asked_memory() -> None:
+    code, rec = run_script(*SMALL)
+    assert code == 0, rec
+    pat = rec["patterns"]
+    assert [r["pattern"] for r in pat["results"]] == list(memory_patterns())
+    assert all(r["mismatches"] == 0 for r in pat["results"])
+    assert pat["allocated_bytes"] == pat["requested_bytes"] >= 0.9 * pat["free_bytes"]
+    assert rec["hbm"]["bytes_per_copy"] == 2 * rec["hbm"]["buffer_bytes"]
+    assert rec["pcie"]["data_ok"] is True
+    outcome = memory.MemoryOutcome(rec, None, {"x": 0}, {"x": 0})
+    metrics, finding = memory.pattern_verdict("GPU 0 (GPU-abc)", outcome)
+    assert finding is None and any(m.startswith("patterns.tested_tb_per_s=") for m in metrics)
+
+
+def memory_patterns() -> tuple[str, ...]:
+    spec = importlib.util.spec_from_file_location("memory_workload", SCRIPT)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    patterns: tuple[str, ...] = module.PATTERNS
+    return patterns
+
+
+@needs_torch
+@pytest.mark.parametrize("pattern", ["zeros", "walking-ones", "address", "random"])
+def test_a_flipped_word_fails_and_is_located(pattern: str) -> None:
+    word = 5000  # in the second slice: the slice's own offset must be counted
+    code, rec = run_script(*SMALL, "--checks", "patterns", "--inject-flip", f"{pattern}:{word}", faults=True)
+    assert code == 1
+    bad = [r for r in rec["patterns"]["results"] if r["mismatches"]]
+    assert [(r["pattern"], r["mismatches"]) for r in bad] == [(pattern, 1)]
+    first = bad[0]["first"][0]
+    assert first["offset"] == word * 4 and first["got"] == first["want"] ^ 1
+    _, finding = memory.pattern_verdict("GPU 3 (GPU-1b94c864)", memory.MemoryOutcome(rec, None))
+    assert (
+        finding is not None and "GPU 3 (GPU-1b94c864)" in finding.found and f"{word * 4:#x}" in finding.found
+    )
+
+
+@needs_torch
+def test_patterns_match_the_reference_formula() -> None:
+    """The GPU-side patterns equal ``expected_word`` (the documented definition), word by word."""
+    import torch
+
+    spec = importlib.util.spec_from_file_location("memory_workload", SCRIPT)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args = module.parse_args([*SMALL])
+    dev = module.Device(torch, "cpu", 0)
+    test = module.PatternTest(dev, args)
+    test.allocate(3 * 4096 * 4, None)
+    blk = test.blocks()
+    random_block = [int(v) & 0xFFFFFFFF for v in blk["random"].tolist()]
+    for pattern in module.PATTERNS:
+        test.write_all(pattern, blk)
+        for s, words in enumerate(test.slices):
+            for i in (0, 1, 31, 32, 4095):
+                index = s * 4096 + i
+                assert int(words[i]) == module.expected_word(pattern, index, 4096, args.seed, random_block), (
+                    pattern
+                )
+
+
+@needs_torch
+def test_too_little_memory_fails_the_pattern_test() -> None:
+    """DCGM issue 284 passes when it did not get the memory; this must fail."""
+    code, rec = run_script(*SMALL, "--checks", "patterns", "--inject-alloc-limit", "65536", faults=True)
+    assert code == 0 and rec["patterns"]["results"] == []
+    _, finding = memory.pattern_verdict("GPU 1 (GPU-x)", memory.MemoryOutcome(rec, None))
+    assert finding is not None and "GPU 1" in finding.found and "asked for" in finding.found
+
+
+@needs_torch
+def test_fault_injection_needs_the_switch() -> None:
+    code, rec = run_script(*SMALL, "--inject-slow", "3")
+    assert code == 2 and rec["kind"] == "fault-injection-refused"
+
+
+def test_ecc_growth_fails_a_clean_pattern_test() -> None:
+    patterns: dict[str, Any] = {
+        "free_bytes": 100,
+        "requested_bytes": 92,
+        "allocated_bytes": 92,
+        "seconds": 1.0,
+    }
+    patterns["results"] = [{"pattern": "zeros", "mismatches": 0}]
+    record: dict[str, Any] = {"patterns": patterns}
+    facts = HealthFacts(0, "GPU-a", "NVIDIA H200", "0000:00:06.0", "nvml", ecc=EccCounts(0, 0, 0, 0))
+    grown = replace(facts, ecc=EccCounts(0, 0, 2, 2))
+    outcome = memory.run_with_ecc(iter([facts, grown]).__next__, lambda: (record, None))
+    _, finding = memory.pattern_verdict("GPU 0 (GPU-a)", outcome)
+    assert finding is not None and "correctable (volatile) +2" in finding.found
+
+
+def _hbm_record(gbps: float) -> dict[str, Any]:
+    return {"hbm": {"gbps": gbps, "gbps_best": gbps, "buffer_bytes": 2**30}}
+
+
+def test_slow_hbm_fails_by_floor_and_by_the_host_best() -> None:
+    h200 = load_profiles()["h200"]
+    host = {f"GPU {i}": 4270.0 for i in range(8)}
+    assert memory.hbm_verdict("GPU 0", _hbm_record(4270.0), h200, host)[1] is None
+    slow = memory.hbm_verdict("GPU 2", _hbm_record(1400.0), h200, {**host, "GPU 2": 1400.0})[1]
+    assert slow is not None and "GPU 2" in slow.found and "below the floor" in slow.found
+    among = memory.hbm_verdict(
+        "GPU 4", _hbm_record(3900.0), h200, {**host, "GPU 4": 3900.0, "GPU 7": 4400.0}
+    )[1]
+    assert among is not None and "host's best" in among.found
+
+
+def test_pcie_floor_uses_the_link_read_during_the_copies() -> None:
+    h200 = load_profiles()["h200"]
+    record = {"pcie": {"h2d": {"gbps": 55.5}, "d2h": {"gbps": 40.0}, "data_ok": True, "pinned": True}}
+    record["pcie"]["link"] = {"speed": "32.0 GT/s PCIe", "width": 16}
+    assert memory.pcie_verdict("GPU 0", record, "h2d", h200)[1] is None
+    slow = memory.pcie_verdict("GPU 0", record, "d2h", h200)[1]
+    assert slow is not None and "Gen5 x16" in slow.found and "GPU 0" in slow.found
+    record["pcie"]["link"] = {"speed": "16.0 GT/s PCIe", "width": 16}  # a Gen4 link: its own, lower floor
+    assert memory.pcie_verdict("GPU 0", record, "d2h", h200)[1] is None
+
+
+def test_fault_specs_map_to_the_workloads_flags() -> None:
+    faults = memory.parse_faults(("flip:0", "slow:1:4", "alloc:0"))
+    assert memory.workload_args(0, 2, faults) == [
+        "--gpu-index", "0", "--passes", "2", "--inject-flip", memory.DEFAULT_FLIP, "--inject-alloc-limit", str(2**30)
+    ]  # fmt: skip
+    assert memory.workload_args(1, 1, faults)[-2:] == ["--inject-slow", "4"]
+    with pytest.raises(ValueError, match="expected"):
+        memory.parse_faults(("melt:0",))
