@@ -102,3 +102,42 @@ def gpuhost_memory(
     gpuhost_gpu_container.require()
     gpus = select_gpus(gpuhost_facts.gpus, gpuhost_settings.gpus)
     return MemoryRuns(gpuhost_containers, gpuhost_settings, gpuhost_host, gpuhost_facts, gpus)
+
+
+class AllReduceRun:
+    """One all-reduce across all selected GPUs, in one container that sees them all."""
+
+    def __init__(self, memory_runs: MemoryRuns) -> None:
+        self.runs = memory_runs
+        self._outcome: tuple[dict[str, Any] | None, Diagnosis | None] | None = None
+
+    def get(self) -> tuple[dict[str, Any] | None, Diagnosis | None]:
+        if self._outcome is None:
+            self._outcome = self._run()
+        return self._outcome
+
+    def _run(self) -> tuple[dict[str, Any] | None, Diagnosis | None]:
+        from pytest_gpuhost.hardware import allreduce
+
+        runs = self.runs
+        wrong = next((f.target for f in runs.faults if f.kind == "allreduce"), None)
+        env = {FAULT_SWITCH: "1"} if wrong is not None else None
+        try:
+            outcome = run_workload(
+                runs.containers,
+                runs.settings,
+                "allreduce.py",
+                allreduce.workload_args(len(runs.gpus), wrong),
+                gpus=GpuRequest(runs.gpus),
+                check="test_nccl_all_reduce",
+                timeout=MEMORY_TIMEOUT_S,
+                environment=env,
+            )
+        except ContainerFailure as exc:
+            return None, exc.diagnosis
+        return outcome.record, outcome.diagnosis
+
+
+@pytest.fixture(scope="session")
+def gpuhost_allreduce(gpuhost_memory: MemoryRuns) -> AllReduceRun:
+    return AllReduceRun(gpuhost_memory)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_gpuhost.diagnosis import fail
+from pytest_gpuhost.diagnosis import Diagnosis, fail
 from pytest_gpuhost.facts.health import read_live
 from pytest_gpuhost.facts.model import GpuInfo
-from pytest_gpuhost.hardware import memory
-from pytest_gpuhost.hardware_fixtures import MemoryRuns, profile_for
+from pytest_gpuhost.hardware import allreduce, memory
+from pytest_gpuhost.hardware_fixtures import AllReduceRun, MemoryRuns, profile_for
 from pytest_gpuhost.profiles import ProfileSet
 
 pytestmark = [pytest.mark.hardware, pytest.mark.gpuhost_needs("gpu_listing")]
@@ -82,5 +82,27 @@ def test_pcie_bandwidth(
         fallback = (live.current_gen, live.current_width) if live is not None else fallback
     metrics, finding = memory.pcie_verdict(_label(gpu), outcome.record, direction, profile, fallback)
     _emit(metrics)
+    if finding is not None:
+        fail(finding.found, finding.cause, finding.fix)
+
+
+def test_nccl_all_reduce(
+    gpuhost_memory: MemoryRuns, gpuhost_allreduce: AllReduceRun, gpuhost_profiles: ProfileSet
+) -> None:
+    """An all-reduce over all selected GPUs (one process each, NCCL) is exact and meets its bus-bandwidth floor."""
+    gpus = gpuhost_memory.gpus
+    if len(gpus) < 2:
+        pytest.skip(f"an all-reduce needs at least 2 GPUs; {len(gpus)} selected")
+    record, failure = gpuhost_allreduce.get()
+    if record is None or "error" in record:
+        d = failure or Diagnosis("the all-reduce workload printed no result", "it crashed", "run it by hand")
+        fail(
+            d.found,
+            d.cause + "; NCCL inside a container may also need a larger /dev/shm",
+            d.fix,
+        )
+    profile, _ = profile_for(gpuhost_profiles, gpuhost_memory.facts, gpus[0])
+    metrics, finding = allreduce.verdict(record, gpus, profile)
+    _emit([*metrics, f"allreduce.ranks={len(gpus)}"])
     if finding is not None:
         fail(finding.found, finding.cause, finding.fix)

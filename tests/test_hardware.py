@@ -19,7 +19,7 @@ import pytest
 
 from pytest_gpuhost.facts.health import EccCounts, HealthFacts
 from pytest_gpuhost.facts.model import GpuInfo, GpuListing, HostFacts, KernelFacts, PciGpu
-from pytest_gpuhost.hardware import floors, memory
+from pytest_gpuhost.hardware import allreduce, floors, memory
 from pytest_gpuhost.hardware_fixtures import pci_device_id, profile_for
 from pytest_gpuhost.options import TIERS
 from pytest_gpuhost.profiles import load_profiles
@@ -297,3 +297,82 @@ def test_fault_specs_map_to_the_workloads_flags() -> None:
     assert memory.workload_args(1, 1, faults)[-2:] == ["--inject-slow", "4"]
     with pytest.raises(ValueError, match="expected"):
         memory.parse_faults(("melt:0",))
+
+
+# -- the all-reduce -------------------------------------------------------------------------------
+
+ALLREDUCE = SCRIPT.parent / "allreduce.py"
+
+
+def _gpus(count: int) -> list[GpuInfo]:
+    return [
+        GpuInfo(index=i, uuid=f"GPU-{i:08x}-0000", name="NVIDIA H200", pci_bus_id=f"0000:00:{6 + i:02x}.0")
+        for i in range(count)
+    ]
+
+
+@needs_torch
+def test_allreduce_on_gloo_checks_every_value_and_names_the_wrong_rank() -> None:
+    """Two CPU processes on gloo run the same code as NCCL on GPUs; rank 1's wrong element is found."""
+    env = {k: v for k, v in os.environ.items() if k != "GPUHOST_ALLOW_FAULT_INJECTION"}
+    env["GPUHOST_ALLOW_FAULT_INJECTION"] = "1"
+    argv = [
+        sys.executable,
+        str(ALLREDUCE),
+        "--ranks",
+        "2",
+        "--backend",
+        "gloo",
+        "--sizes",
+        "262144",
+        "--iters",
+        "2",
+    ]
+    proc = subprocess.run(
+        [*argv, "--inject-wrong", "1"], capture_output=True, text=True, timeout=240, env=env, check=False
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    rec = json.loads(proc.stdout.splitlines()[-1])
+    size = rec["sizes"][0]
+    assert size["wrong"] == {"1": 1} and size["first"][0]["index"] == 12345
+    assert size["busbw_gbps"] == pytest.approx(size["algbw_gbps"])  # 2 (n - 1) / n = 1 for two ranks
+    assert [r["sizes"][0]["wrong"] for r in rec["ranks"]] == [0, 1]  # rank 0 computed the exact sum
+    gpus = _gpus(2)
+    _, finding = allreduce.verdict(rec, gpus, load_profiles()["h200"])
+    assert (
+        finding is not None and "GPU 1 (GPU-00000001-0000)" in finding.found and "GPU 0 " not in finding.found
+    )
+
+
+def test_allreduce_expected_values_are_exact_in_float32() -> None:
+    import struct
+
+    for ranks in (2, 8):
+        for index in (0, 250, 251, 12345):
+            value = allreduce_script().expected_value(index, ranks)
+            assert struct.unpack("f", struct.pack("f", value))[0] == value and value == int(value)
+
+
+def allreduce_script() -> Any:
+    spec = importlib.util.spec_from_file_location("allreduce_workload", ALLREDUCE)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_allreduce_floor_from_nvlink_and_pcie() -> None:
+    h200 = load_profiles()["h200"]
+    assert allreduce.link_gbps(h200) == (450.0, "NV18")
+    sizes = [
+        {"bytes": b, "busbw_gbps": v, "wrong": {}}
+        for b, v in ((2**28, 150.0), (2**30, 323.0), (2**32, 345.0))
+    ]
+    metrics, finding = allreduce.verdict({"sizes": sizes}, _gpus(2), h200)
+    assert finding is None and "allreduce.busbw_gbps_4096mib=345.0" in metrics  # 256 MiB is not floored
+    sizes[2]["busbw_gbps"] = 170.0  # half speed: a node whose all-reduce runs over PCIe
+    _, slow = allreduce.verdict({"sizes": sizes}, _gpus(8), h200)
+    assert slow is not None and "4096 MiB" in slow.found and "8 GPUs" in slow.found
+    pcie = load_profiles()["h100-pcie"]
+    link = allreduce.link_gbps(pcie)
+    assert link is not None and link[1] == "PCIe Gen5 x16" and link[0] == pytest.approx(63.015, rel=1e-4)
