@@ -376,3 +376,45 @@ def test_allreduce_floor_from_nvlink_and_pcie() -> None:
     pcie = load_profiles()["h100-pcie"]
     link = allreduce.link_gbps(pcie)
     assert link is not None and link[1] == "PCIe Gen5 x16" and link[0] == pytest.approx(63.015, rel=1e-4)
+
+
+# -- the tier in the plugin -----------------------------------------------------------------------
+
+HARDWARE_CHECKS = "test_hbm or test_pcie_bandwidth or test_nccl"
+
+
+def test_the_tier_collects_per_gpu_cases_and_quick_leaves_them_out(gpuhost_pytester: Any) -> None:
+    """On the 2 x H200 capture: one case per GPU (per direction for PCIe) and one all-reduce."""
+    gpuhost_pytester.setup("h200x2")
+    result = gpuhost_pytester.run_plain(
+        "--gpuhost-tier", "hardware", "--collect-only", "-q", "-k", HARDWARE_CHECKS
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*test_hardware.py::test_hbm_bandwidth[[]gpu0-c5fa4f09[]]",
+            "*test_hardware.py::test_hbm_patterns[[]gpu1-1b94c864[]]",
+            "*test_hardware.py::test_pcie_bandwidth[[]gpu1-1b94c864-d2h[]]",
+            "*test_hardware.py::test_nccl_all_reduce",
+        ]
+    )
+    assert result.stdout.str().count("test_hardware.py::") == 9  # 2 + 2 + 2 x 2 + 1
+    quick = gpuhost_pytester.run_plain(
+        "--gpuhost-tier", "container", "--collect-only", "-q", "-k", HARDWARE_CHECKS
+    )
+    assert "test_hardware.py::" not in quick.stdout.str()
+
+
+def test_without_a_gpu_the_tier_skips_with_the_reason(gpuhost_pytester: Any) -> None:
+    gpuhost_pytester.setup(None)
+    result = gpuhost_pytester.run_plain("--gpuhost-tier", "hardware", "-rs", "-k", HARDWARE_CHECKS)
+    result.assert_outcomes(skipped=5)  # hbm, patterns, pcie x 2, all-reduce
+    result.stdout.fnmatch_lines(["SKIPPED*needs gpu_listing*"])
+
+
+def test_hardware_fault_injection_needs_the_switch(
+    gpuhost_pytester: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GPUHOST_ALLOW_FAULT_INJECTION", raising=False)
+    gpuhost_pytester.setup("h200x2")
+    result = gpuhost_pytester.run_plain("--gpuhost-hardware-fault", "flip:0", "--collect-only", "-q")
+    result.stderr.fnmatch_lines(["*--gpuhost-hardware-fault is for testing the suite*"])
