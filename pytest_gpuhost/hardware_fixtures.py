@@ -141,3 +141,42 @@ class AllReduceRun:
 @pytest.fixture(scope="session")
 def gpuhost_allreduce(gpuhost_memory: MemoryRuns) -> AllReduceRun:
     return AllReduceRun(gpuhost_memory)
+
+
+class P2PRun:
+    """All pairs of the selected GPUs measured in one container that sees them all."""
+
+    def __init__(self, memory_runs: MemoryRuns) -> None:
+        self.runs = memory_runs
+        self._outcome: tuple[dict[str, Any] | None, Diagnosis | None] | None = None
+
+    def get(self) -> tuple[dict[str, Any] | None, Diagnosis | None]:
+        if self._outcome is None:
+            from pytest_gpuhost.hardware import p2p
+
+            runs = self.runs
+            try:
+                outcome = run_workload(
+                    runs.containers,
+                    runs.settings,
+                    "p2p.py",
+                    p2p.workload_args(runs.gpus),
+                    gpus=GpuRequest(runs.gpus),
+                    check="test_gpu_pair_p2p",
+                    timeout=MEMORY_TIMEOUT_S,
+                )
+                self._outcome = (outcome.record, outcome.diagnosis)
+            except ContainerFailure as exc:
+                self._outcome = (None, exc.diagnosis)
+        return self._outcome
+
+    def pair(self, a: GpuInfo, b: GpuInfo) -> dict[str, Any] | None:
+        record, _ = self.get()
+        where = [g.uuid for g in self.runs.gpus]
+        wanted = [where.index(a.uuid), where.index(b.uuid)]
+        return next((p for p in (record or {}).get("pairs") or [] if p.get("pair") == wanted), None)
+
+
+@pytest.fixture(scope="session")
+def gpuhost_p2p(gpuhost_memory: MemoryRuns) -> P2PRun:
+    return P2PRun(gpuhost_memory)

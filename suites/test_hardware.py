@@ -11,9 +11,10 @@ import pytest
 from pytest_gpuhost.diagnosis import Diagnosis, fail
 from pytest_gpuhost.facts.health import read_live
 from pytest_gpuhost.facts.model import GpuInfo
-from pytest_gpuhost.hardware import allreduce, memory
-from pytest_gpuhost.hardware_fixtures import AllReduceRun, MemoryRuns, profile_for
+from pytest_gpuhost.hardware import allreduce, memory, p2p
+from pytest_gpuhost.hardware_fixtures import AllReduceRun, MemoryRuns, P2PRun, profile_for
 from pytest_gpuhost.profiles import ProfileSet
+from pytest_gpuhost.session import SESSION_KEY
 
 pytestmark = [pytest.mark.hardware, pytest.mark.gpuhost_needs("gpu_listing")]
 
@@ -104,5 +105,39 @@ def test_nccl_all_reduce(
     profile, _ = profile_for(gpuhost_profiles, gpuhost_memory.facts, gpus[0])
     metrics, finding = allreduce.verdict(record, gpus, profile)
     _emit([*metrics, f"allreduce.ranks={len(gpus)}"])
+    if finding is not None:
+        fail(finding.found, finding.cause, finding.fix)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``gpu_pair``: every unordered pair of the selected GPUs (28 on an 8-GPU host)."""
+    if "gpu_pair" not in metafunc.fixturenames:
+        return
+    session = metafunc.config.stash[SESSION_KEY]
+    if session.fleet:
+        params = [
+            pytest.param(
+                None, marks=pytest.mark.skip(reason="GPU pairs are checked one host at a time"), id="fleet"
+            )
+        ]
+    else:
+        params = p2p.pair_params(session.selected_gpus())
+    metafunc.parametrize("gpu_pair", params)
+
+
+def test_gpu_pair_p2p(
+    gpuhost_p2p: P2PRun, gpuhost_profiles: ProfileSet, gpu_pair: tuple[GpuInfo, GpuInfo]
+) -> None:
+    """Peer access works both ways and P2P copies, one way and both ways, meet the floor of the link."""
+    a, b = gpu_pair
+    label = f"{_label(a)} and {_label(b)}"
+    record, failure = gpuhost_p2p.get()
+    if record is None or "error" in record:
+        d = failure or Diagnosis("the P2P workload printed no result", "it crashed", "run it by hand")
+        fail(f"{label}: {d.found}", d.cause, d.fix)
+    profile, _ = profile_for(gpuhost_profiles, gpuhost_p2p.runs.facts, a)
+    link = p2p.pair_link(profile, None)
+    metrics, finding = p2p.verdict(gpuhost_p2p.pair(a, b), label, link, profile)
+    _emit(metrics)
     if finding is not None:
         fail(finding.found, finding.cause, finding.fix)

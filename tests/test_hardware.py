@@ -19,7 +19,7 @@ import pytest
 
 from pytest_gpuhost.facts.health import EccCounts, HealthFacts
 from pytest_gpuhost.facts.model import GpuInfo, GpuListing, HostFacts, KernelFacts, PciGpu
-from pytest_gpuhost.hardware import allreduce, floors, memory
+from pytest_gpuhost.hardware import allreduce, floors, memory, p2p
 from pytest_gpuhost.hardware_fixtures import pci_device_id, profile_for
 from pytest_gpuhost.options import TIERS
 from pytest_gpuhost.profiles import load_profiles
@@ -418,3 +418,66 @@ def test_hardware_fault_injection_needs_the_switch(
     gpuhost_pytester.setup("h200x2")
     result = gpuhost_pytester.run_plain("--gpuhost-hardware-fault", "flip:0", "--collect-only", "-q")
     result.stderr.fnmatch_lines(["*--gpuhost-hardware-fault is for testing the suite*"])
+
+
+def _eight_gpus(dump: dict[str, Any]) -> None:
+    """The h200x2 capture grown to an 8-GPU host: the second GPU copied with new ids and buses."""
+    import copy
+
+    template = dump["gpus"][1]
+    for i in range(2, 8):
+        gpu = copy.deepcopy(template)
+        gpu["uuid"] = f"GPU-{i}{template['uuid'][5:]}"
+        gpu["minor"] = i
+        gpu["pci"]["busId"] = f"00000000:00:{6 + i:02X}.0"
+        gpu["pci"]["busIdLegacy"] = f"0000:00:{6 + i:02x}.0"
+        gpu["pci"]["device"] = 6 + i
+        dump["gpus"].append(gpu)
+    dump["count"] = 8
+
+
+def test_eight_gpus_make_28_pair_cases_with_readable_ids(gpuhost_pytester: Any) -> None:
+    gpuhost_pytester.setup("h200x2", nvml_edit=_eight_gpus)
+    result = gpuhost_pytester.run_plain(
+        "--gpuhost-tier", "hardware", "--collect-only", "-q", "-k", "test_gpu_pair"
+    )
+    ids = [line for line in result.stdout.lines if "test_gpu_pair_p2p[" in line]
+    assert len(ids) == len(set(ids)) == 28, result.stdout.str()
+    assert ids[0].endswith("test_gpu_pair_p2p[gpu0-c5fa4f09-gpu1-1b94c864]")
+    assert ids[-1].endswith("test_gpu_pair_p2p[gpu6-6b94c864-gpu7-7b94c864]")
+
+
+def test_one_gpu_skips_the_pairs_with_the_reason(gpuhost_pytester: Any) -> None:
+    gpuhost_pytester.setup("h100")
+    result = gpuhost_pytester.run_plain(
+        "--gpuhost-tier", "hardware", "-rs", "-k", "test_gpu_pair or test_nccl"
+    )
+    result.stdout.fnmatch_lines(["*GPU pairs need at least 2 GPUs; 1 selected*"])
+
+
+def test_p2p_floors_and_verdicts() -> None:
+    h200 = load_profiles()["h200"]
+    link = p2p.pair_link(h200, None)
+    assert link is not None and link.label == "NV18"
+    good = {"peer": True, "data_ok": True, "oneway_gbps": 394.0, "bothway_gbps": 734.0}
+    assert p2p.verdict(good, "GPU 0 and GPU 1", link, h200)[1] is None
+    half = p2p.verdict({**good, "bothway_gbps": 400.0}, "GPU 0 and GPU 1", link, h200)[1]
+    assert half is not None and "both ways" in half.found and "GPU 0 and GPU 1" in half.found
+    no_peer = p2p.verdict({**good, "peer": False}, "GPU 2 and GPU 5", link, h200)[1]
+    assert no_peer is not None and "GPU 2 and GPU 5" in no_peer.found
+    pcie = p2p.pair_link(h200, 0)  # NVML says no NVLink is up: the pair talks over PCIe
+    assert pcie is not None and pcie.kind == "pcie"
+    assert p2p.verdict({**good, "oneway_gbps": 50.0, "bothway_gbps": 90.0}, "x", pcie, h200)[1] is None
+
+
+@needs_torch
+def test_p2p_workload_on_the_cpu() -> None:
+    script = SCRIPT.parent / "p2p.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--device", "cpu", "--pairs", "0:1,0:2", "--bytes", "65536", "--iters", "2"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    rec = json.loads(proc.stdout.splitlines()[-1])
+    assert proc.returncode == 0 and [p["pair"] for p in rec["pairs"]] == [[0, 1], [0, 2]]
+    assert all(p["data_ok"] and p["bothway_gbps"] > 0 for p in rec["pairs"])
+    assert p2p.workload_args(_gpus(3)) == ["--pairs", "0:1,0:2,1:2"]
