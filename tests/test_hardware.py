@@ -19,7 +19,7 @@ import pytest
 
 from pytest_gpuhost.facts.health import EccCounts, HealthFacts
 from pytest_gpuhost.facts.model import GpuInfo, GpuListing, HostFacts, KernelFacts, PciGpu
-from pytest_gpuhost.hardware import allreduce, floors, memory, p2p
+from pytest_gpuhost.hardware import allreduce, floors, memory, nvlink, p2p
 from pytest_gpuhost.hardware_fixtures import pci_device_id, profile_for
 from pytest_gpuhost.options import TIERS
 from pytest_gpuhost.profiles import load_profiles
@@ -481,3 +481,62 @@ def test_p2p_workload_on_the_cpu() -> None:
     assert proc.returncode == 0 and [p["pair"] for p in rec["pairs"]] == [[0, 1], [0, 2]]
     assert all(p["data_ok"] and p["bothway_gbps"] > 0 for p in rec["pairs"])
     assert p2p.workload_args(_gpus(3)) == ["--pairs", "0:1,0:2,1:2"]
+
+
+# -- NVLink state ---------------------------------------------------------------------------------
+
+
+class _FakeNvlinkNvml:
+    """The NVLink calls of NVML for one GPU: ``states`` per link, ``errors`` per (link, counter)."""
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self, states: list[int], errors: dict[tuple[int, int], int] | None = None) -> None:
+        self.states = states
+        self.errors = errors or {}
+
+    def nvmlInit(self) -> None: ...
+    def nvmlShutdown(self) -> None: ...
+    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> str:
+        return uuid
+
+    def nvmlDeviceGetNvLinkState(self, handle: str, link: int) -> int:
+        if link >= len(self.states):
+            raise self.NVMLError("Invalid Argument")
+        return self.states[link]
+
+    def nvmlDeviceGetNvLinkErrorCounter(self, handle: str, link: int, counter: int) -> int:
+        return self.errors.get((link, counter), 0)
+
+
+def test_nvlink_all_18_up_and_clean_passes_and_a_dead_link_fails() -> None:
+    h200 = load_profiles()["h200"]
+    healthy = nvlink.read_nvlink(_FakeNvlinkNvml([1] * 18), "GPU-a")
+    assert (healthy.links, healthy.up, healthy.errors) == (18, 18, {})
+    metrics, finding, skip = nvlink.verdict(healthy, "GPU 0", h200, 2)
+    assert finding is None and skip is None and "nvlink.up=18" in metrics
+    dead = nvlink.read_nvlink(_FakeNvlinkNvml([1] * 17 + [0]), "GPU-a")
+    _, finding, _ = nvlink.verdict(dead, "GPU 1 (GPU-b)", h200, 8)
+    assert finding is not None and "17 of 18 links up" in finding.found and "GPU 1" in finding.found
+
+
+def test_nvlink_replay_and_crc_errors_fail() -> None:
+    state = nvlink.read_nvlink(_FakeNvlinkNvml([1] * 18, {(3, 0): 5, (7, 2): 1}), "GPU-a")
+    assert state.errors == {"link 3 replay": 5, "link 7 crc_flit": 1}
+    _, finding, _ = nvlink.verdict(state, "GPU 4", load_profiles()["h200"], 8)
+    assert finding is not None and "link 3 replay 5" in finding.found
+
+
+def test_nvlink_on_one_gpu_or_without_support_skips_with_the_reason() -> None:
+    h200 = load_profiles()["h200"]
+    down = nvlink.read_nvlink(_FakeNvlinkNvml([0] * 18), "GPU-a")
+    assert (
+        nvlink.verdict(down, "GPU 0", h200, 1)[2]
+        == "GPU 0: no NVLink up on a host with one GPU (no peer to link to)"
+    )
+    none = nvlink.read_nvlink(_FakeNvlinkNvml([]), "GPU-a")
+    assert none.unsupported is not None
+    assert nvlink.verdict(none, "GPU 0", load_profiles()["h100-pcie"], 4)[2] is not None  # no NVLink profile
+    _, finding, skip = nvlink.verdict(none, "GPU 0", h200, 8)  # NVML cannot tell: P2P still measures
+    assert finding is None and skip is not None and "no NVLink state" in skip
