@@ -11,10 +11,12 @@ import pytest
 from pytest_gpuhost.diagnosis import Diagnosis, fail
 from pytest_gpuhost.facts.health import read_live
 from pytest_gpuhost.facts.model import GpuInfo
-from pytest_gpuhost.hardware import allreduce, memory, p2p
+from pytest_gpuhost.facts.nvml import load_pynvml
+from pytest_gpuhost.hardware import allreduce, memory, nvlink, p2p
 from pytest_gpuhost.hardware_fixtures import AllReduceRun, MemoryRuns, P2PRun, profile_for
 from pytest_gpuhost.profiles import ProfileSet
 from pytest_gpuhost.session import SESSION_KEY
+from pytest_gpuhost.timeouts import call_with_timeout
 
 pytestmark = [pytest.mark.hardware, pytest.mark.gpuhost_needs("gpu_listing")]
 
@@ -125,6 +127,20 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("gpu_pair", params)
 
 
+def _nvlinks_up(runs: MemoryRuns, gpu: GpuInfo) -> int | None:
+    """NVLinks up on ``gpu`` per NVML (the topology), or None where NVML cannot tell."""
+    if not runs.facts.nvml.ok:
+        return None
+    try:
+        nvml = load_pynvml()
+        state = call_with_timeout(
+            lambda: nvlink.read_nvlink(nvml, gpu.uuid), runs.settings.timeout, "NVLink read"
+        )
+    except Exception:  # NVML is the quick tier's subject (test_nvlink_state); here only a hint
+        return None
+    return None if state.unsupported else state.up
+
+
 def test_gpu_pair_p2p(
     gpuhost_p2p: P2PRun, gpuhost_profiles: ProfileSet, gpu_pair: tuple[GpuInfo, GpuInfo]
 ) -> None:
@@ -136,7 +152,7 @@ def test_gpu_pair_p2p(
         d = failure or Diagnosis("the P2P workload printed no result", "it crashed", "run it by hand")
         fail(f"{label}: {d.found}", d.cause, d.fix)
     profile, _ = profile_for(gpuhost_profiles, gpuhost_p2p.runs.facts, a)
-    link = p2p.pair_link(profile, None)
+    link = p2p.pair_link(profile, _nvlinks_up(gpuhost_p2p.runs, a))
     metrics, finding = p2p.verdict(gpuhost_p2p.pair(a, b), label, link, profile)
     _emit(metrics)
     if finding is not None:
