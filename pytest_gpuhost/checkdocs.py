@@ -34,6 +34,7 @@ GENERATED = (
 TIER_TEXT = {
     "quick": "facts and files only, seconds; runs in every tier (`--gpuhost-tier quick` and up)",
     "container": "starts containers; runs in the `container` tier (the default) and the `burn` tier",
+    "hardware": "measures HBM, PCIe, GPU-to-GPU and NCCL against floors; runs with `--gpuhost-tier hardware` and `burn`",
     "burn": "loads the GPUs at full power; runs only with `--gpuhost-burn DURATION` or `--gpuhost-tier burn`",
 }
 NEEDS_TEXT = {

@@ -11,7 +11,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pytest
 
-TIERS = ("quick", "container", "burn")
+TIERS = (
+    "quick",
+    "container",
+    "hardware",
+    "burn",
+)  # each tier runs the ones before it, except that burn leaves hardware out
 GPU_ACCESS_MODES = ("gpus", "cdi", "runtime", "devices")
 PULL_POLICIES = ("missing", "always", "never")
 FAULT_SWITCH = "GPUHOST_ALLOW_FAULT_INJECTION"
@@ -59,7 +64,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("--gpuhost-expect-gpus", "fail unless the host shows exactly N GPUs", type=int, metavar="N"),
     OptionSpec(
         "--gpuhost-tier",
-        "quick: facts only (seconds); container: also containers (default); burn: everything",
+        "quick: facts only (seconds); container: also containers (default); hardware: also HBM, PCIe, "
+        "P2P and NCCL floors; burn: everything",
         default="container",
         choices=TIERS,
     ),
@@ -194,6 +200,20 @@ OPTIONS: tuple[OptionSpec, ...] = (
         default=120.0,
         type=float,
         metavar="SECONDS",
+    ),
+    OptionSpec(
+        "--gpuhost-hardware-passes",
+        "times the hardware tier's HBM pattern test runs its six patterns (default 1)",
+        default=1,
+        type=int,
+        metavar="N",
+    ),
+    OptionSpec(
+        "--gpuhost-hardware-fault",
+        "TEST ONLY: flip:GPU, slow:GPU[:FACTOR], alloc:GPU or allreduce:RANK (needs GPUHOST_ALLOW_FAULT_INJECTION=1)",
+        default=(),
+        metavar="SPEC",
+        multiple=True,
     ),
     OptionSpec(
         "--gpuhost-temp-limit",

@@ -51,6 +51,7 @@ class _Field:
 
     def describe(self) -> str:
         noun = {"str": "a string", "patterns": "a list of regular expressions", "int": "an integer"}
+        noun["ids"] = 'a list of PCI device IDs such as "0x2335"'
         text = noun.get(self.kind, "a number")
         if self.low is not None and self.high is not None:
             text += f" {'>' if self.low_open else 'from'} {self.low:g} {'and <=' if self.low_open else 'to'} {self.high:g}"
@@ -76,9 +77,19 @@ FIELDS: dict[str, _Field] = {
     "ecc_correctable_warn": _Field("int", optional=True, low=0),
     "ecc_correctable_fail": _Field("int", optional=True, low=0),
     "fan_limit_percent": _Field("number", optional=True, low=0.0, high=100.0),
+    "pci_device_ids": _Field("ids"),
+    "hbm_tbps": _Field("number", optional=True, low=0.0, low_open=True),
+    "hbm_floor": _FRACTION,
+    "pcie_floor": _FRACTION,
+    "nvlink_links": _Field("int", optional=True, low=0),
+    "nvlink_link_gbps": _Field("number", optional=True, low=0.0, low_open=True),
+    "p2p_floor": _FRACTION,
+    "allreduce_floor": _FRACTION,
+    "cross_gpu_tolerance": _FRACTION,
 }
 TABLES: dict[str, dict[str, _Field]] = {
     "tflops": {dtype: _Field("number", optional=True, low=0.0, low_open=True) for dtype in DTYPES},
+    "tflops_floor": {dtype: _FRACTION for dtype in DTYPES},
     "baseline": {
         "performance_tolerance": _FRACTION,
         "temperature_tolerance_c": _Field("number", low=0.0),
@@ -93,7 +104,14 @@ REQUIRED = (
     "baseline.performance_tolerance",
     "baseline.temperature_tolerance_c",
     "baseline.power_tolerance",
+    "hbm_floor",
+    "pcie_floor",
+    "p2p_floor",
+    "allreduce_floor",
+    "cross_gpu_tolerance",
+    *(f"tflops_floor.{dtype}" for dtype in DTYPES),
 )
+_DEVICE_ID = re.compile(r"0x[0-9a-f]{4}")
 
 
 # -- the profiles ----------------------------------------------------------------------------
@@ -146,6 +164,25 @@ class Profile:
     fan_limit_percent: float | None
     baseline: BaselineTolerance
     sources: tuple[str, ...]  # the files that set its fields, in the order they were read
+    # The hardware tier (docs/checks/test_hbm_*, test_pcie_bandwidth, ...): floors as fractions.
+    pci_device_ids: tuple[str, ...] = ()
+    hbm_tbps: float | None = None
+    hbm_floor: float = 0.8
+    pcie_floor: float = 0.8
+    nvlink_links: int | None = None
+    nvlink_link_gbps: float | None = None
+    p2p_floor: float = 0.7
+    allreduce_floor: float = 0.6
+    cross_gpu_tolerance: float = 0.1
+    tflops_floor: Tflops = Tflops()
+
+    def floor_tflops(self, dtype: str) -> float | None:
+        """The TFLOP/s below which the compute check fails: datasheet peak times the dtype's floor."""
+        peak, fraction = self.tflops.get(dtype), self.tflops_floor.get(dtype)
+        return None if peak is None or fraction is None else peak * fraction
+
+    def matches_device_id(self, device_id: str | None) -> bool:
+        return bool(device_id) and str(device_id).lower() in self.pci_device_ids
 
     def matches(self, gpu_name: str) -> bool:
         name = gpu_name.strip()
@@ -192,11 +229,15 @@ class ProfileSet:
     def __iter__(self) -> Iterator[Profile]:
         return iter(self._profiles.values())
 
-    def for_gpu(self, name: str) -> tuple[Profile, str | None]:
-        """The profile for a GPU model name as NVML reports it, and why when it is the default.
+    def for_gpu(self, name: str, device_id: str | None = None) -> tuple[Profile, str | None]:
+        """The profile for a GPU: by PCI device ID (``0x2335``) first, else by the model name as
+        NVML reports it, and why when it is the default.
 
         Later profiles win: a model added by ``--gpuhost-profile`` is tried before shipped ones.
         """
+        for profile in reversed(list(self._profiles.values())):
+            if profile.key != DEFAULT and profile.matches_device_id(device_id):
+                return profile, None
         for profile in reversed(list(self._profiles.values())):
             if profile.key != DEFAULT and profile.matches(name):
                 return profile, None
@@ -317,6 +358,12 @@ def _problem(spec: _Field, value: Any) -> str | None:
         return None
     if spec.kind == "str":
         return None if isinstance(value, str) and value.strip() else _kind(value)
+    if spec.kind == "ids":
+        if not isinstance(value, list) or not all(
+            isinstance(v, str) and _DEVICE_ID.fullmatch(v) for v in value
+        ):
+            return _kind(value) if not isinstance(value, list) else f"{value!r}"
+        return None
     if spec.kind == "patterns":
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             return _kind(value)
@@ -488,6 +535,16 @@ def _build(key: str, values: Mapping[str, Any], sources: tuple[str, ...]) -> Pro
             power=float(baseline["power_tolerance"]),
         ),
         sources=sources,
+        pci_device_ids=tuple(values.get("pci_device_ids") or ()) if key != DEFAULT else (),
+        hbm_tbps=_float(values.get("hbm_tbps")),
+        hbm_floor=float(values["hbm_floor"]),
+        pcie_floor=float(values["pcie_floor"]),
+        nvlink_links=_optional(values.get("nvlink_links")),
+        nvlink_link_gbps=_float(values.get("nvlink_link_gbps")),
+        p2p_floor=float(values["p2p_floor"]),
+        allreduce_floor=float(values["allreduce_floor"]),
+        cross_gpu_tolerance=float(values["cross_gpu_tolerance"]),
+        tflops_floor=Tflops(**{dtype: _float(values["tflops_floor"].get(dtype)) for dtype in DTYPES}),
     )
 
 

@@ -43,6 +43,7 @@ FACTS_KEY = "gpuhost_facts"
 TIER_HELP = {
     "quick": "gpuhost tier: facts and files only, finishes in seconds",
     "container": "gpuhost tier: starts containers on the host",
+    "hardware": "gpuhost tier: HBM, PCIe, GPU-to-GPU and NCCL bandwidth and memory patterns (tens of seconds)",
     "burn": "gpuhost tier: loads the GPUs at full power (--gpuhost-burn)",
 }
 
@@ -201,6 +202,7 @@ class GpuhostSession:
             container_fixtures,
             docker_fixtures,
             fixtures,
+            hardware_fixtures,
             health_fixtures,
             report_fixtures,
             runtime_fixtures,
@@ -233,6 +235,7 @@ class GpuhostSession:
             runtime_fixtures,
             workload_fixtures,
             stray_load,
+            hardware_fixtures,
         )
         for module in modules:
             # Idempotent: a test may already have loaded one with `-p`.
@@ -432,7 +435,10 @@ class GpuhostSession:
         drop: list[pytest.Item] = []
         for item in items:
             tiers = [TIERS.index(m.name) for m in item.iter_markers() if m.name in TIERS]
-            (drop if tiers and min(tiers) > rank else keep).append(item)
+            lowest = min(tiers) if tiers else -1
+            # The burn tier is the guide's quick + container + burn: the hardware tier is asked for by name.
+            skip_hardware = lowest == TIERS.index("hardware") and self.settings.tier == "burn"
+            (drop if lowest > rank or skip_hardware else keep).append(item)
         if drop:
             config.hook.pytest_deselected(items=drop)
             items[:] = keep

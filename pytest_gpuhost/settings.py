@@ -71,6 +71,8 @@ class Settings:
     pull_stall: float = 120.0
     # False: --gpuhost-image was not given, and the session chooses the image for the driver.
     image_explicit: bool = True
+    hardware_passes: int = 1
+    hardware_fault: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:
@@ -105,6 +107,10 @@ class Settings:
             raise UsageError(f"--gpuhost-inject-fault is for testing the suite; it needs {FAULT_SWITCH}=1")
         if values["pull_timeout"] <= 0 or values["pull_stall"] <= 0:
             raise UsageError("--gpuhost-pull-timeout and --gpuhost-pull-stall must be positive")
+        if values["hardware_passes"] < 1:
+            raise UsageError("--gpuhost-hardware-passes must be at least 1")
+        if values["hardware_fault"] and os.environ.get(FAULT_SWITCH) != "1":
+            raise UsageError(f"--gpuhost-hardware-fault is for testing the suite; it needs {FAULT_SWITCH}=1")
         explicit = config.getoption("gpuhost_image", default=None) is not None or bool(
             config.getini("gpuhost_image")
         )

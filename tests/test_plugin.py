@@ -80,6 +80,7 @@ def _sample(spec: OptionSpec) -> tuple[list[str], object]:
         "--gpuhost-expect-gpus": (["1"], 1),
         "--gpuhost-matmul-size": (["512"], 512),
         "--gpuhost-inject-fault": (["bfloat16:1:2", "float32:3:4"], ("bfloat16:1:2", "float32:3:4")),
+        "--gpuhost-hardware-fault": (["flip:0", "slow:1:3"], ("flip:0", "slow:1:3")),
         "--gpuhost-profile": ([str(SHIPPED_H100_PROFILE)], (str(SHIPPED_H100_PROFILE),)),
         "--gpuhost-temp-limit": (["90"], 90.0),
         "--gpuhost-dockerfile": ([str(EXAMPLE_DOCKERFILE)], str(EXAMPLE_DOCKERFILE)),
@@ -103,7 +104,7 @@ def test_ini_option_reaches_settings(
     gpuhost_pytester: GpuhostPytester, spec: OptionSpec, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     lines, expected = _sample(spec)
-    if spec.flag == "--gpuhost-inject-fault":
+    if spec.flag in ("--gpuhost-inject-fault", "--gpuhost-hardware-fault"):
         monkeypatch.setenv(FAULT_SWITCH, "1")  # the test-only switch refuses to work without it
     assert expected != spec.default
     gpuhost_pytester.setup("h100")
@@ -292,6 +293,11 @@ def test_container():
     pass
 
 
+@pytest.mark.hardware
+def test_hardware():
+    pass
+
+
 @pytest.mark.burn
 def test_burn():
     pass
@@ -304,10 +310,11 @@ def test_burn():
         ((), ("unmarked", "quick", "container")),
         (("--gpuhost-tier", "quick"), ("unmarked", "quick")),
         (("--gpuhost-tier", "container"), ("unmarked", "quick", "container")),
-        (("--gpuhost-tier", "burn"), ("unmarked", "quick", "container", "burn")),
-        (("--gpuhost-burn", "1s"), ("unmarked", "quick", "container", "burn")),
+        (("--gpuhost-tier", "hardware"), ("unmarked", "quick", "container", "hardware")),
+        (("--gpuhost-tier", "burn"), ("unmarked", "quick", "container", "hardware", "burn")),
+        (("--gpuhost-burn", "1s"), ("unmarked", "quick", "container", "hardware", "burn")),
     ],
-    ids=["default", "quick", "container", "burn", "burn-duration"],
+    ids=["default", "quick", "container", "hardware", "burn", "burn-duration"],
 )
 def test_tier_selection(
     gpuhost_pytester: GpuhostPytester, args: tuple[str, ...], selected: tuple[str, ...]
@@ -377,7 +384,11 @@ def test_bad_gpu_selection_is_a_usage_error(gpuhost_pytester: GpuhostPytester, s
         (("--gpuhost-timeout", "0"), "", "*--gpuhost-timeout must be positive*"),
         ((), "gpuhost_expect_gpus = two", "*ini option gpuhost_expect_gpus = 'two' is not a valid int*"),
         ((), "gpuhost_expect_gpus = -1", "*--gpuhost-expect-gpus must be 0 or more*"),
-        ((), "gpuhost_tier = fast", "*ini option gpuhost_tier = 'fast': choose from quick, container, burn*"),
+        (
+            (),
+            "gpuhost_tier = fast",
+            "*ini option gpuhost_tier = 'fast': choose from quick, container, hardware, burn*",
+        ),
         ((), "gpuhost_timeout = soon", "*ini option gpuhost_timeout = 'soon' is not a valid float*"),
         ((), "gpuhost_burn = forever", "*--gpuhost-burn 'forever': give a duration*"),
     ],

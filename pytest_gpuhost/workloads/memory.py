@@ -1,0 +1,490 @@
+#!/usr/bin/env python3
+"""One GPU's memory: HBM copy bandwidth, a pattern test over its free memory, PCIe host<->device.
+
+Standalone like ``matmul.py`` (it runs inside the workload image with the image's PyTorch and
+imports only the standard library, torch and its sibling ``matmul.py`` for the CUDA error kinds);
+one JSON object on stdout, diagnostics on stderr. ``pytest_gpuhost.hardware`` judges the record.
+
+- HBM: ``dst.copy_(src)`` on two device buffers, timed with CUDA events; bytes moved are read plus
+  written (2 x the buffer), as nvbandwidth and STREAM count a copy.
+- Patterns: int32 slices filling at least ``--fraction`` of the memory free at start; six patterns
+  (zeros, ones, alternating bits, walking ones, address-in-address, seeded random) are written over
+  every slice and then read back and counted word by word against the expected value, on the GPU.
+  Time scales with memory size: each pattern is one write and one read of the region per pass. A
+  run that cannot allocate what it asked for says so (``allocated_bytes`` below ``requested``).
+- PCIe: pinned host buffer, ``copy_(non_blocking=True)`` both ways timed with events; the link's
+  generation and width are read from sysfs (visible read-only in containers) while the copies run.
+
+Exit status as ``matmul.py``: 0 ok, 1 mismatches, 2 usage, 3 no torch, 4 CUDA error, 5 a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_NO_FRAMEWORK, EXIT_DEVICE, EXIT_BUG = 0, 1, 2, 3, 4, 5
+FAULT_SWITCH = "GPUHOST_ALLOW_FAULT_INJECTION"
+PATTERNS = ("zeros", "ones", "alternating", "walking-ones", "address", "random")
+CONSTANTS = {"zeros": 0, "ones": -1, "alternating": 0x55555555}
+SLICE_WORDS = 64 * 2**20  # 256 MiB int32 slices: far larger than any L2, small enough to fill memory
+DETAIL_WORDS = 2**20  # mismatches are located in blocks of this many words (small temporaries)
+MAX_REPORTED = 8
+SYSFS_PCI = "/sys/bus/pci/devices"
+GOLDEN = 0x9E3779B1
+
+
+def _sibling(name: str) -> Any:
+    """A sibling workload script (copied into the container beside this one)."""
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    return importlib.import_module(name)
+
+
+class WorkloadError(Exception):
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def to_int32(value: int) -> int:
+    """``value`` mod 2**32 as a signed 32-bit integer: what an int32 word holds."""
+    value &= 0xFFFFFFFF
+    return value - 2**32 if value >= 2**31 else value
+
+
+def slice_key(slice_index: int, seed: int) -> int:
+    """The word XORed into slice ``slice_index`` of the random pattern (an integer hash)."""
+    x = (slice_index * GOLDEN + seed * 0x85EBCA6B + 1) & 0xFFFFFFFF
+    x = ((x ^ (x >> 16)) * 0x45D9F3B) & 0xFFFFFFFF
+    x = ((x ^ (x >> 16)) * 0x45D9F3B) & 0xFFFFFFFF
+    return to_int32(x ^ (x >> 16))
+
+
+def expected_word(pattern: str, index: int, slice_words: int, seed: int, random_block: list[int]) -> int:
+    """The word at global ``index`` of ``pattern`` (a reference for tests; the GPU never calls this)."""
+    if pattern in CONSTANTS:
+        return to_int32(CONSTANTS[pattern])
+    if pattern == "walking-ones":
+        return to_int32(1 << (index % 32))
+    if pattern == "address":
+        return to_int32(index)
+    if pattern == "random":
+        return to_int32(random_block[index % slice_words] ^ slice_key(index // slice_words, seed))
+    raise ValueError(f"unknown pattern {pattern!r}")
+
+
+class Device:
+    """Torch on one CUDA device, or on the CPU (unit tests, with ``--cpu-memory-mib``)."""
+
+    def __init__(self, torch: Any, kind: str, index: int) -> None:
+        self.torch = torch
+        self.kind = kind
+        self.index = index
+        self.device: Any = torch.device("cpu")
+
+    def open(self) -> dict[str, Any]:
+        torch = self.torch
+        if self.kind == "cpu":
+            return {"kind": "cpu", "index": None, "name": "cpu"}
+        if getattr(torch.version, "cuda", None) is None:
+            raise WorkloadError("no-cuda-build", f"torch {torch.__version__} was built without CUDA")
+        matmul = _sibling("matmul")
+        try:
+            torch.cuda.init()
+            count = int(torch.cuda.device_count())
+        except Exception as exc:
+            raise WorkloadError(matmul.classify_error(str(exc)), str(exc)) from exc
+        if not 0 <= self.index < count:
+            raise WorkloadError("no-gpu", f"--gpu-index {self.index}, but {count} device(s) are visible")
+        torch.cuda.set_device(self.index)
+        self.device = torch.device("cuda", self.index)
+        props = torch.cuda.get_device_properties(self.index)
+        return {
+            "kind": "cuda",
+            "index": self.index,
+            "name": str(props.name),
+            "uuid": matmul._uuid_text(getattr(props, "uuid", None)),
+            "pci_bus_id": matmul._pci_text(props),
+            "memory_bytes": int(props.total_memory),
+        }
+
+    def sync(self) -> None:
+        if self.kind == "cuda":
+            self.torch.cuda.synchronize()
+
+    def timer(self) -> Any:
+        """start() / stop() -> seconds: CUDA events on a GPU, the wall clock on the CPU."""
+        torch, kind = self.torch, self.kind
+
+        class Timer:
+            def start(self) -> None:
+                if kind == "cuda":
+                    self.a, self.b = (
+                        torch.cuda.Event(enable_timing=True),
+                        torch.cuda.Event(enable_timing=True),
+                    )
+                    self.a.record()
+                else:
+                    self.t = time.perf_counter()
+
+            def stop(self) -> float:
+                if kind == "cuda":
+                    self.b.record()
+                    self.b.synchronize()
+                    return float(self.a.elapsed_time(self.b)) / 1000.0
+                return time.perf_counter() - self.t
+
+        return Timer()
+
+    def free_bytes(self, cpu_memory: int) -> int:
+        if self.kind == "cpu":
+            return cpu_memory
+        self.torch.cuda.empty_cache()
+        free, _total = self.torch.cuda.mem_get_info(self.index)
+        return int(free)
+
+
+def timed_batches(dev: Device, call: Any, inner: int, batches: int) -> list[float]:
+    """Seconds per call of ``batches`` timed batches of ``inner`` calls, after one warm-up batch."""
+    for _ in range(inner):
+        call()
+    dev.sync()
+    seconds = []
+    for _ in range(batches):
+        timer = dev.timer()
+        timer.start()
+        for _ in range(inner):
+            call()
+        seconds.append(timer.stop() / inner)
+    return seconds
+
+
+def _rate(nbytes: int, seconds: list[float]) -> dict[str, Any]:
+    median, best = statistics.median(seconds), min(seconds)
+    return {
+        "gbps": nbytes / median / 1e9 if median > 0 else None,
+        "gbps_best": nbytes / best / 1e9 if best > 0 else None,
+        "seconds": median,
+    }
+
+
+def measure_hbm(dev: Device, nbytes: int, slow: int) -> dict[str, Any]:
+    """Device-to-device copy bandwidth, read plus written; ``slow`` > 1 repeats each copy (a fault)."""
+    torch = dev.torch
+    words = nbytes // 4
+    src = torch.ones(words, dtype=torch.int32, device=dev.device)
+    dst = torch.empty_like(src)
+
+    def copy() -> None:
+        for _ in range(slow):
+            dst.copy_(src)
+
+    seconds = timed_batches(dev, copy, 10, 5)
+    record = {"buffer_bytes": words * 4, "bytes_per_copy": 2 * words * 4, "counted": "read+write"}
+    record.update(_rate(2 * words * 4, seconds))
+    return record
+
+
+def read_link(pci_bus_id: str | None) -> dict[str, Any] | None:
+    """The PCIe link from sysfs, or None where the container cannot see it."""
+    if not pci_bus_id:
+        return None
+    base = Path(SYSFS_PCI) / pci_bus_id.lower()
+    try:
+        speed = (base / "current_link_speed").read_text().strip()
+        width = int((base / "current_link_width").read_text().strip())
+        max_speed = (base / "max_link_speed").read_text().strip()
+        max_width = int((base / "max_link_width").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return {"speed": speed, "width": width, "max_speed": max_speed, "max_width": max_width, "source": "sysfs"}
+
+
+def measure_pcie(dev: Device, nbytes: int, pci_bus_id: str | None) -> dict[str, Any]:
+    """Pinned host<->device copies both ways; the link is read while the H2D copies are queued."""
+    torch = dev.torch
+    words = nbytes // 4
+    on_gpu = dev.kind == "cuda"
+    host = torch.ones(words, dtype=torch.int32, pin_memory=on_gpu)
+    gpu = torch.empty(words, dtype=torch.int32, device=dev.device)
+    link: dict[str, Any] | None = None
+
+    def h2d() -> None:
+        gpu.copy_(host, non_blocking=True)
+
+    def d2h() -> None:
+        host.copy_(gpu, non_blocking=True)
+
+    h2d_s = timed_batches(dev, h2d, 4, 5)
+    for _ in range(8):  # queue ~100 ms of copies, then read the link while they run
+        h2d()
+    link = read_link(pci_bus_id)
+    dev.sync()
+    d2h_s = timed_batches(dev, d2h, 4, 5)
+    ok = bool(torch.equal(host, torch.ones_like(host)))  # the data survived the round trip
+    record: dict[str, Any] = {"bytes": words * 4, "pinned": on_gpu, "link": link, "data_ok": ok}
+    record["h2d"] = _rate(words * 4, h2d_s)
+    record["d2h"] = _rate(words * 4, d2h_s)
+    return record
+
+
+class PatternTest:
+    """The six patterns over int32 slices allocated from the free memory."""
+
+    def __init__(self, dev: Device, args: argparse.Namespace) -> None:
+        self.dev = dev
+        self.torch = dev.torch
+        self.seed = int(args.seed)
+        self.slice_words = int(args.slice_words)
+        self.flips: list[tuple[str, int]] = args.flips
+        self.slices: list[Any] = []
+
+    def allocate(self, requested: int, limit: int | None) -> int:
+        torch = self.torch
+        left = requested // 4
+        while left >= 32:
+            words = min(self.slice_words, left - left % 32)
+            if limit is not None and (len(self.slices) * self.slice_words + words) * 4 > limit:
+                break  # an injected allocation failure
+            try:
+                self.slices.append(torch.empty(words, dtype=torch.int32, device=self.dev.device))
+            except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is a RuntimeError
+                print(f"allocation stopped: {exc}", file=sys.stderr)
+                break
+            left -= words
+        return sum(int(s.numel()) for s in self.slices) * 4
+
+    def blocks(self) -> dict[str, Any]:
+        torch, n = self.torch, self.slice_words
+        gen = torch.Generator(device="cpu").manual_seed(self.seed)
+        random = torch.randint(-(2**31), 2**31, (n,), generator=gen, dtype=torch.int64).to(torch.int32)
+        shifts = torch.arange(n, dtype=torch.int64) % 32
+        walking = (torch.ones(n, dtype=torch.int64) << shifts).to(torch.int32)  # 1 << 31 wraps negative
+        address = torch.arange(n, dtype=torch.int32)
+        return {
+            k: v.to(self.dev.device)
+            for k, v in (("random", random), ("walking", walking), ("address", address))
+        }
+
+    def write(self, pattern: str, s: int, words: Any, blk: dict[str, Any]) -> None:
+        n = int(words.numel())
+        if pattern in CONSTANTS:
+            words.fill_(to_int32(CONSTANTS[pattern]))
+        elif pattern == "walking-ones":
+            words.copy_(blk["walking"][:n])
+        elif pattern == "address":
+            self.torch.add(blk["address"][:n], to_int32(s * self.slice_words), out=words)
+        else:
+            self.torch.bitwise_xor(blk["random"][:n], slice_key(s, self.seed), out=words)
+
+    def count(self, pattern: str, s: int, words: Any, blk: dict[str, Any]) -> Any:
+        """Mismatching words of slice ``s`` as a device tensor (no sync); consumes the slice."""
+        torch, n = self.torch, int(words.numel())
+        if pattern in CONSTANTS:
+            return torch.count_nonzero(words != to_int32(CONSTANTS[pattern]))
+        if pattern == "walking-ones":
+            return torch.count_nonzero(words != blk["walking"][:n])
+        if pattern == "address":
+            return torch.count_nonzero(words.sub_(to_int32(s * self.slice_words)) != blk["address"][:n])
+        return torch.count_nonzero(words.bitwise_xor_(slice_key(s, self.seed)) != blk["random"][:n])
+
+    def expected(self, pattern: str, s: int, lo: int, hi: int, blk: dict[str, Any]) -> Any:
+        torch = self.torch
+        if pattern in CONSTANTS:
+            return torch.full(
+                (hi - lo,), to_int32(CONSTANTS[pattern]), dtype=torch.int32, device=self.dev.device
+            )
+        if pattern == "walking-ones":
+            return blk["walking"][lo:hi]
+        if pattern == "address":
+            return blk["address"][lo:hi] + to_int32(s * self.slice_words)
+        return blk["random"][lo:hi] ^ slice_key(s, self.seed)
+
+    def locate(self, pattern: str, s: int, words: Any, blk: dict[str, Any]) -> list[dict[str, Any]]:
+        """The first mismatching words of slice ``s`` (before it is consumed), in small blocks."""
+        found: list[dict[str, Any]] = []
+        n = int(words.numel())
+        for lo in range(0, n, DETAIL_WORDS):
+            hi = min(n, lo + DETAIL_WORDS)
+            want = self.expected(pattern, s, lo, hi, blk)
+            bad = (words[lo:hi] != want).nonzero().flatten()[: MAX_REPORTED - len(found)].tolist()
+            for i in bad:
+                offset = (s * self.slice_words + lo + int(i)) * 4
+                got, exp = int(words[lo + int(i)]), int(want[int(i)])
+                found.append({"offset": offset, "got": got & 0xFFFFFFFF, "want": exp & 0xFFFFFFFF})
+            if len(found) >= MAX_REPORTED:
+                break
+        return found
+
+    def write_all(self, pattern: str, blk: dict[str, Any]) -> None:
+        for s, words in enumerate(self.slices):
+            self.write(pattern, s, words, blk)
+        for name, word in self.flips:  # an injected fault: one bit of one word flips after the write
+            if name == pattern:
+                s, i = divmod(word, self.slice_words)
+                if s < len(self.slices):
+                    self.slices[s][i : i + 1].bitwise_xor_(1)
+
+    def run_pattern(self, pattern: str, blk: dict[str, Any]) -> dict[str, Any]:
+        """Write the pattern everywhere, then count mismatches everywhere (one sync at the end)."""
+        self.dev.sync()
+        start = time.perf_counter()
+        self.write_all(pattern, blk)
+        counts = [self.count(pattern, s, words, blk) for s, words in enumerate(self.slices)]
+        total = int(self.torch.stack(counts).sum()) if counts else 0
+        seconds = time.perf_counter() - start
+        first: list[dict[str, Any]] = []
+        if total:  # the slow path, on failure only: write again and locate the first bad words
+            self.write_all(pattern, blk)
+            for s, words in enumerate(self.slices):
+                first.extend(self.locate(pattern, s, words, blk)[: MAX_REPORTED - len(first)])
+                if len(first) >= MAX_REPORTED:
+                    break
+        return {"pattern": pattern, "mismatches": total, "seconds": seconds, "first": first}
+
+
+def run(args: argparse.Namespace, report: dict[str, Any]) -> int:
+    try:
+        import torch  # type: ignore[import-not-found, unused-ignore]
+    except ImportError as exc:
+        raise WorkloadError("no-framework", f"torch: {exc}") from exc
+    report["framework"] = f"torch {torch.__version__}"
+    dev = Device(torch, args.device, args.gpu_index)
+    report["device"] = dev.open()
+    cpu_memory = int(args.cpu_memory_mib) * 2**20
+    try:
+        if "hbm" in args.checks:
+            free = dev.free_bytes(cpu_memory)
+            report["hbm"] = measure_hbm(dev, min(args.hbm_bytes, free // 8), args.slow)
+        if "pcie" in args.checks:
+            report["pcie"] = measure_pcie(dev, args.pcie_bytes, report["device"].get("pci_bus_id"))
+        if "patterns" in args.checks:
+            report["patterns"] = run_patterns(dev, args, cpu_memory)
+    except WorkloadError:
+        raise
+    except Exception as exc:
+        matmul = _sibling("matmul")
+        raise WorkloadError(matmul.classify_error(str(exc)), f"{type(exc).__name__}: {exc}") from exc
+    patterns = report.get("patterns") or {}
+    return EXIT_MISMATCH if any(r["mismatches"] for r in patterns.get("results", [])) else EXIT_OK
+
+
+def run_patterns(dev: Device, args: argparse.Namespace, cpu_memory: int) -> dict[str, Any]:
+    test = PatternTest(dev, args)
+    blk = test.blocks()
+    free = dev.free_bytes(cpu_memory)
+    # Headroom for the comparison's temporaries (one bool per word of a slice) and the CUDA context.
+    requested = int(free * args.fraction) // 128 * 128  # whole groups of 32 words
+    allocated = test.allocate(requested, args.alloc_limit)
+    record: dict[str, Any] = {
+        "free_bytes": free,
+        "requested_bytes": requested,
+        "allocated_bytes": allocated,
+        "fraction": args.fraction,
+        "slices": len(test.slices),
+        "slice_words": test.slice_words,
+        "passes": args.passes,
+        "seed": args.seed,
+        "results": [],
+    }
+    start = time.perf_counter()
+    if allocated >= requested:
+        for number in range(args.passes):
+            for pattern in PATTERNS:
+                result = test.run_pattern(pattern, blk)
+                result["pass"] = number
+                record["results"].append(result)
+    record["seconds"] = time.perf_counter() - start
+    test.slices.clear()
+    return record
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--gpu-index", type=int, default=0)
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu: unit tests only")
+    parser.add_argument("--checks", default="hbm,pcie,patterns", help="comma list of hbm, pcie, patterns")
+    parser.add_argument("--passes", type=int, default=1, help="times to run the six patterns")
+    parser.add_argument("--fraction", type=float, default=0.92, help="share of the free memory to test")
+    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--hbm-bytes", type=int, default=2**30)
+    parser.add_argument("--pcie-bytes", type=int, default=2**28)
+    parser.add_argument("--slice-words", type=int, default=SLICE_WORDS, help=argparse.SUPPRESS)
+    parser.add_argument("--cpu-memory-mib", type=int, default=64, help="--device cpu: the 'free' memory")
+    parser.add_argument("--inject-flip", action="append", default=[], metavar="PATTERN:WORD")
+    parser.add_argument("--inject-slow", type=int, default=1, metavar="FACTOR")
+    parser.add_argument("--inject-alloc-limit", type=int, default=None, metavar="BYTES")
+    args = parser.parse_args(argv)
+    args.checks = [c.strip() for c in str(args.checks).split(",") if c.strip()]
+    unknown = sorted(set(args.checks) - {"hbm", "pcie", "patterns"})
+    if unknown or not args.checks:
+        raise WorkloadError("usage", f"--checks: unknown {', '.join(unknown) or 'empty list'}")
+    if args.passes < 1 or not 0.0 < args.fraction <= 0.99 or args.slice_words < 32 or args.slice_words % 32:
+        raise WorkloadError("usage", "--passes >= 1, 0 < --fraction <= 0.99, --slice-words a multiple of 32")
+    faults = bool(args.inject_flip) or args.inject_slow != 1 or args.inject_alloc_limit is not None
+    if faults and os.environ.get(FAULT_SWITCH) != "1":
+        raise WorkloadError("fault-injection-refused", f"fault injection needs {FAULT_SWITCH}=1")
+    if args.inject_slow < 1:
+        raise WorkloadError("usage", "--inject-slow must be at least 1")
+    args.slow = args.inject_slow
+    args.alloc_limit = args.inject_alloc_limit
+    args.flips = []
+    for spec in args.inject_flip:
+        name, _, word = spec.partition(":")
+        if name not in PATTERNS or not word.isdigit():
+            raise WorkloadError(
+                "usage", f"--inject-flip {spec!r}: expected PATTERN:WORD, PATTERN one of {PATTERNS}"
+            )
+        args.flips.append((name, int(word)))
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    started = time.perf_counter()
+    json_out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    report: dict[str, Any] = {"workload": "memory", "version": 1, "framework": None, "device": None}
+    code = EXIT_BUG
+    try:
+        args = parse_args(argv)
+        report["checks"] = args.checks
+        if args.flips or args.slow != 1 or args.alloc_limit is not None:
+            report["fault_injection"] = {
+                "flips": args.flips,
+                "slow": args.slow,
+                "alloc_limit": args.alloc_limit,
+            }
+        code = run(args, report)
+    except WorkloadError as exc:
+        report.update(error=str(exc), kind=exc.kind)
+        codes = {
+            "usage": EXIT_USAGE,
+            "fault-injection-refused": EXIT_USAGE,
+            "no-framework": EXIT_NO_FRAMEWORK,
+        }
+        code = codes.get(exc.kind, EXIT_DEVICE)
+    except SystemExit as exc:
+        report.update(error="invalid command line (see stderr)", kind="usage")
+        code = EXIT_USAGE if exc.code else EXIT_OK
+    except BaseException as exc:
+        traceback.print_exc()
+        report.update(error=f"{type(exc).__name__}: {exc}", kind="internal-error")
+    report["wall_seconds"] = round(time.perf_counter() - started, 3)
+    json_out.write(json.dumps(report) + "\n")
+    json_out.close()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
