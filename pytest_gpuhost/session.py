@@ -169,6 +169,14 @@ class GpuhostSession:
                 ),
                 PLUGIN_NAME,
             )
+        from pytest_gpuhost.actions import ActionReporter
+
+        config.pluginmanager.register(ActionReporter(), "gpuhost-actions")  # docs/actions.md
+        if settings.prometheus:
+            from pytest_gpuhost.prometheus import PLUGIN_NAME as PROMETHEUS
+            from pytest_gpuhost.prometheus import PrometheusReport
+
+            config.pluginmanager.register(PrometheusReport(settings.prometheus), PROMETHEUS)
         from pytest_gpuhost import report_html
 
         report_html.register(config)  # pytest-html extras: burn plots and diagnoses (only with --html)

@@ -55,6 +55,7 @@ class Settings:
     matmul_size: int
     inject_fault: tuple[str, ...]
     dockerfile: str | None
+    prometheus: str | None
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:
