@@ -437,3 +437,34 @@ def _failure(text: str) -> Finding:
     if parsed is None:
         return (False, text, "", None)
     return (False, parsed["found"], parsed["cause"], parsed.get("kind"))
+
+
+# -- for scripts: ``python -m pytest_gpuhost.actions REPORT`` --------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """One line per host of a JSON report: ``HOST<TAB>ACTION<TAB>REASON`` (the Slurm example's
+    drain reason). Exit 0; 2 when the report cannot be read."""
+    import argparse
+    import sys
+
+    from pytest_gpuhost.report_json import load_report
+
+    parser = argparse.ArgumentParser(prog="python -m pytest_gpuhost.actions", description=main.__doc__)
+    parser.add_argument("report", help="a --gpuhost-json report")
+    parser.add_argument("--width", type=int, default=200, help="longest reason (characters)")
+    args = parser.parse_args(argv)
+    try:
+        document = load_report(args.report)
+    except ValueError as exc:
+        print(f"pytest_gpuhost.actions: {exc}", file=sys.stderr)
+        return 2
+    results = [annotate(dict(r)) if "action" not in r else r for r in document["results"]]
+    for host, entry in host_actions(results).items():
+        reason = summary_line(host, entry, width=args.width + len(host) + 2)[len(host) + 2 :]
+        print(f"{host}\t{entry['action']}\t{reason}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
