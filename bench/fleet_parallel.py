@@ -63,7 +63,9 @@ def main() -> int:
         try:
             names = [f"node{i + 1}" for i in range(max(sizes))]
             for name in names:
-                lab.start(name)
+                # SHLVL=1: bash reads no ~/.bashrc for each command, as it does under sshd (Debian's
+                # SSH_SOURCE_BASHRC); this machine's root .bashrc runs `pyenv init`, 0.6 s a command.
+                lab.start(name, SetEnv="SHLVL=1")
             base = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--gpuhost"]
             base += ["--gpuhost-tier", "quick"]
             print(f"before: {load()}")

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pytest
 
+from pytest_gpuhost import prefetch
 from pytest_gpuhost.diagnosis import Diagnosis
 from pytest_gpuhost.docker_client import DockerUnavailable, connect
 from pytest_gpuhost.docker_tunnel import TunnelError, open_remote_client
@@ -100,30 +102,71 @@ def gpuhost_docker_connection(
 
 @pytest.fixture(scope="session")
 def gpuhost_engine(
-    gpuhost_docker_connection: DockerConnection, gpuhost_host: Host, gpuhost_settings: Settings
+    pytestconfig: pytest.Config,
+    gpuhost_docker_connection: DockerConnection,
+    gpuhost_host: Host,
+    gpuhost_settings: Settings,
 ) -> EngineFacts:
     """The engine's facts; checks that use them are skipped when the daemon is unreachable."""
-    client = gpuhost_docker_connection.require()
+    return prefetch.value(
+        pytestconfig,
+        "gpuhost_engine",
+        gpuhost_host.name,
+        lambda: _engine(gpuhost_docker_connection, gpuhost_host, gpuhost_settings.timeout),
+    )
+
+
+def _engine(connection: DockerConnection, host: Host, timeout: float) -> EngineFacts:
+    client = connection.require()
     try:
-        return gather_engine(
-            client, gpuhost_host, gpuhost_settings.timeout, gpuhost_docker_connection.docker_host
-        )
+        return gather_engine(client, host, timeout, connection.docker_host)
     except NativeCallTimeout as exc:
         pytest.skip(f"needs docker: `docker info` did not answer: {exc}")
 
 
 @pytest.fixture(scope="session")
 def gpuhost_toolkit(
+    pytestconfig: pytest.Config,
     gpuhost_docker_connection: DockerConnection,
     gpuhost_host: Host,
     gpuhost_settings: Settings,
-    request: pytest.FixtureRequest,
 ) -> ToolkitFacts:
     """The toolkit's files and commands; the daemon only tells which daemon.json is in use."""
+    return prefetch.value(
+        pytestconfig,
+        "gpuhost_toolkit",
+        gpuhost_host.name,
+        lambda: _toolkit(pytestconfig, gpuhost_docker_connection, gpuhost_host, gpuhost_settings.timeout),
+    )
+
+
+def _toolkit(config: pytest.Config, connection: DockerConnection, host: Host, timeout: float) -> ToolkitFacts:
     engine: EngineFacts | None = None
-    if gpuhost_docker_connection.client is not None:
+    if connection.client is not None:
         try:
-            engine = request.getfixturevalue("gpuhost_engine")
+            engine = prefetch.value(
+                config, "gpuhost_engine", host.name, lambda: _engine(connection, host, timeout)
+            )
         except pytest.skip.Exception:
             engine = None  # a hung `docker info`: read /etc/docker/daemon.json
-    return gather_toolkit(gpuhost_host, gpuhost_settings.timeout, engine)
+    return gather_toolkit(host, timeout, engine)
+
+
+def _prefetched(fixture: str) -> Callable[[pytest.Config, str], object]:
+    """How ``prefetch`` computes one of these fixtures for a host before the checks run."""
+
+    def compute(config: pytest.Config, name: str) -> object:
+        from pytest_gpuhost.session import SESSION_KEY
+
+        session = config.stash[SESSION_KEY]
+        host, timeout = session.host_named(name), session.settings.timeout
+        connection = docker_connection(config, host, timeout)
+        if fixture == "gpuhost_engine":
+            return _engine(connection, host, timeout)
+        return _toolkit(config, connection, host, timeout)
+
+    return compute
+
+
+for _fixture in ("gpuhost_engine", "gpuhost_toolkit"):
+    prefetch.register(_fixture, _prefetched(_fixture))

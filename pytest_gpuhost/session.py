@@ -233,7 +233,7 @@ class GpuhostSession:
         """Every host's facts, gathered in parallel: a fleet's collection waits for the slowest only."""
         missing = [h.name for h in self.hosts if h.name not in self._facts_by_host]
         if len(missing) > 1:
-            with ThreadPoolExecutor(max_workers=min(16, len(missing))) as pool:
+            with ThreadPoolExecutor(max_workers=min(64, len(missing))) as pool:
                 list(pool.map(self.facts_for, missing))
         elif missing:
             self.facts_for(missing[0])
@@ -390,6 +390,16 @@ class GpuhostSession:
                 return order.get(self.target_of(item), -1), 0 if first else 1
 
             items.sort(key=key)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> None:
+        """A fleet run: every host's session facts the selected checks need, all hosts at once
+        (``prefetch``), so that hosts checked one after the other wait on no round trip."""
+        if self.fleet and len(self.hosts) > 1 and not hasattr(self.config, "workerinput"):
+            from pytest_gpuhost import prefetch
+
+            if not session.config.option.collectonly:
+                prefetch.warm(self.config, prefetch.plan(session.items, self.target_of))
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
