@@ -1,6 +1,8 @@
 """What checking a fleet costs against checking one host: the quick tier over 1, 8 and 32 hosts.
 
-Real OpenSSH servers on loopback (``tests/sshd_support.py``) stand in for the nodes. The
+Real OpenSSH servers on loopback (``tests/sshd_support.py``) stand in for the nodes; they share
+this machine's CPUs with pytest, so the CPU seconds of pytest and its ssh clients are printed
+too (the servers' own are not counted). The
 controller gathers every host's facts concurrently (one connection per host), so the quick
 tier needs no pytest-xdist: goals 8 hosts <= 1.5x one host, 32 hosts <= 3x. ``--xdist`` also
 times the largest fleet with ``-n N --dist loadgroup`` for comparison. Not run in CI.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -26,10 +29,16 @@ from sshd_support import SshLab, sshd_or_skip
 GOALS = {8: 1.5, 32: 3.0}
 
 
+CPU: dict[float, float] = {}  # wall seconds of a run -> CPU seconds of pytest and its ssh clients
+
+
 def timed(argv: list[str], cwd: Path) -> float:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
     elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU[elapsed] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode not in (0, 1):  # 1: checks fail on a machine without GPUs
         raise SystemExit(
             f"{' '.join(argv)} exited with {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr}"
@@ -72,7 +81,11 @@ def main() -> int:
             timed([*base, *lab.args(*names)], Path(tmp))  # warm: imports, control masters, page cache
             for size in sizes:
                 times[size] = best_of(args.repeat, [*base, *lab.args(*names[:size])], Path(tmp))
-                print(f"{size:3d} host(s): {times[size]:6.2f} s  ({load()})", flush=True)
+                cpu = CPU[times[size]]
+                print(
+                    f"{size:3d} host(s): {times[size]:6.2f} s, {cpu:6.2f} CPU s on this side ({load()})",
+                    flush=True,
+                )
             xdist = None
             if args.xdist:
                 argv = [*base, *lab.args(*names[: max(sizes)]), "-n", str(args.xdist), "--dist", "loadgroup"]
