@@ -8,26 +8,36 @@ from typing import NoReturn
 
 import pytest
 
+# The warnings of the check running now: fleet operations (``actions``) give its JUnit test case
+# the action of its warnings too, which pytest reports only after the test case is written.
+recent_warnings: list[Diagnosis] = []
+
 
 @dataclass(frozen=True)
 class Diagnosis:
     found: str
     cause: str
     fix: str
+    # Optional: what kind of finding this is, when the check knows better than its name says
+    # (``row-remap-failed``, ``floor-missed``); ``actions.RULES`` maps kinds to actions.
+    kind: str | None = None
 
     def __str__(self) -> str:
-        return f"FOUND: {self.found}\nCAUSE: {self.cause}\nFIX:   {self.fix}"
+        text = f"FOUND: {self.found}\nCAUSE: {self.cause}\nFIX:   {self.fix}"
+        return f"{text}\nKIND:  {self.kind}" if self.kind else text
 
 
 class GpuhostWarning(UserWarning):
     """A finding that does not fail the check but deserves the operator's attention."""
 
 
-def fail(found: str, cause: str, fix: str) -> NoReturn:
+def fail(found: str, cause: str, fix: str, kind: str | None = None) -> NoReturn:
     """Fail the current check with a diagnosis and no Python traceback."""
-    pytest.fail(str(Diagnosis(found, cause, fix)), pytrace=False)
+    pytest.fail(str(Diagnosis(found, cause, fix, kind)), pytrace=False)
 
 
-def warn(found: str, cause: str, fix: str) -> None:
+def warn(found: str, cause: str, fix: str, kind: str | None = None) -> None:
     """Record a warning-level finding; the check itself passes."""
-    warnings.warn(GpuhostWarning(str(Diagnosis(found, cause, fix))), stacklevel=2)
+    diagnosis = Diagnosis(found, cause, fix, kind)
+    recent_warnings.append(diagnosis)
+    warnings.warn(GpuhostWarning(str(diagnosis)), stacklevel=2)

@@ -8,12 +8,13 @@ names that check, like the GPU preconditions do.
 from __future__ import annotations
 
 import sys
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pytest
 
+from pytest_gpuhost import prefetch
 from pytest_gpuhost.diagnosis import Diagnosis
 from pytest_gpuhost.docker_client import DockerUnavailable, Endpoint, connect, resolve_endpoint
 from pytest_gpuhost.docker_errors import DaemonFault, diagnose, mapped, transport_faults
@@ -112,18 +113,27 @@ class EngineProbe:
 
 @pytest.fixture(scope="session")
 def gpuhost_engine_probe(
-    gpuhost_docker_connection: DockerConnection, gpuhost_host: Host, gpuhost_settings: Settings
+    pytestconfig: pytest.Config,
+    gpuhost_docker_connection: DockerConnection,
+    gpuhost_host: Host,
+    gpuhost_settings: Settings,
 ) -> EngineProbe:
     """``docker version`` and ``docker info``, asked once; a failure is ``test_docker_daemon_answers``'s."""
-    connection = gpuhost_docker_connection
+    return prefetch.value(
+        pytestconfig,
+        "gpuhost_engine_probe",
+        gpuhost_host.name,
+        lambda: _probe(gpuhost_docker_connection, gpuhost_host, gpuhost_settings.timeout),
+    )
+
+
+def _probe(connection: DockerConnection, host: Host, timeout: float) -> EngineProbe:
     if connection.client is None:
         return EngineProbe(None, None)
     where = connection.endpoint.describe() if connection.endpoint else connection.docker_host
     try:
         with mapped("docker info", where, connection.client):
-            facts = gather_engine(
-                connection.client, gpuhost_host, gpuhost_settings.timeout, connection.docker_host
-            )
+            facts = gather_engine(connection.client, host, timeout, connection.docker_host)
     except DaemonFault as fault:
         return EngineProbe(None, fault.diagnosis)
     except NativeCallTimeout as exc:
@@ -145,17 +155,48 @@ def gpuhost_engine(
 
 @pytest.fixture(scope="session")
 def gpuhost_toolkit(
+    pytestconfig: pytest.Config,
     gpuhost_docker_connection: DockerConnection,
     gpuhost_host: Host,
     gpuhost_settings: Settings,
-    request: pytest.FixtureRequest,
 ) -> ToolkitFacts:
     """The toolkit's files and commands; the daemon only tells which daemon.json is in use."""
+    return prefetch.value(
+        pytestconfig,
+        "gpuhost_toolkit",
+        gpuhost_host.name,
+        lambda: _toolkit(pytestconfig, gpuhost_docker_connection, gpuhost_host, gpuhost_settings.timeout),
+    )
+
+
+def _toolkit(config: pytest.Config, connection: DockerConnection, host: Host, timeout: float) -> ToolkitFacts:
     engine: EngineFacts | None = None
-    if gpuhost_docker_connection.client is not None:
-        # None when `docker info` failed or hung: read /etc/docker/daemon.json
-        engine = request.getfixturevalue("gpuhost_engine_probe").facts
-    return gather_toolkit(gpuhost_host, gpuhost_settings.timeout, engine)
+    if connection.client is not None:
+        # facts None when `docker info` failed or hung: read /etc/docker/daemon.json
+        engine = prefetch.value(
+            config, "gpuhost_engine_probe", host.name, lambda: _probe(connection, host, timeout)
+        ).facts
+    return gather_toolkit(host, timeout, engine)
+
+
+def _prefetched(fixture: str) -> Callable[[pytest.Config, str], object]:
+    """How ``prefetch`` computes one of these fixtures for a host before the checks run."""
+
+    def compute(config: pytest.Config, name: str) -> object:
+        from pytest_gpuhost.session import SESSION_KEY
+
+        session = config.stash[SESSION_KEY]
+        host, timeout = session.host_named(name), session.settings.timeout
+        connection = docker_connection(config, host, timeout)
+        if fixture == "gpuhost_engine_probe":
+            return _probe(connection, host, timeout)
+        return _toolkit(config, connection, host, timeout)
+
+    return compute
+
+
+for _fixture in ("gpuhost_engine_probe", "gpuhost_toolkit"):
+    prefetch.register(_fixture, _prefetched(_fixture))
 
 
 def _as_diagnosis(exc: BaseException, when: str) -> Diagnosis | None:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_gpuhost import prefetch
 from pytest_gpuhost.diagnosis import Diagnosis, warn
 from pytest_gpuhost.docker_fixtures import DockerConnection
 from pytest_gpuhost.facts.health import (
@@ -115,14 +116,47 @@ def gpuhost_health_thresholds() -> HealthThresholds:
 
 
 @pytest.fixture(scope="session")
-def gpuhost_health(gpuhost_host: Host, gpuhost_facts: HostFacts, gpuhost_settings: Settings) -> HealthSurvey:
+def gpuhost_health(
+    pytestconfig: pytest.Config, gpuhost_host: Host, gpuhost_facts: HostFacts, gpuhost_settings: Settings
+) -> HealthSurvey:
     """Every GPU's health facts: through NVML when it answered at session start, else nvidia-smi."""
-    return gather_health(gpuhost_host, gpuhost_settings.timeout, use_nvml=gpuhost_facts.nvml.ok)
+    return prefetch.value(
+        pytestconfig,
+        "gpuhost_health",
+        gpuhost_host.name,
+        lambda: gather_health(gpuhost_host, gpuhost_settings.timeout, use_nvml=gpuhost_facts.nvml.ok),
+    )
 
 
 @pytest.fixture(scope="session")
-def gpuhost_kernel_log(gpuhost_host: Host, gpuhost_settings: Settings) -> KernelLog:
-    return read_kernel_log(gpuhost_host, gpuhost_settings.timeout)
+def gpuhost_kernel_log(
+    pytestconfig: pytest.Config, gpuhost_host: Host, gpuhost_settings: Settings
+) -> KernelLog:
+    return prefetch.value(
+        pytestconfig,
+        "gpuhost_kernel_log",
+        gpuhost_host.name,
+        lambda: read_kernel_log(gpuhost_host, gpuhost_settings.timeout),
+    )
+
+
+def _prefetch_health(config: pytest.Config, name: str) -> HealthSurvey:
+    from pytest_gpuhost.session import SESSION_KEY
+
+    session = config.stash[SESSION_KEY]
+    use_nvml = session.facts_for(name).nvml.ok
+    return gather_health(session.host_named(name), session.settings.timeout, use_nvml=use_nvml)
+
+
+def _prefetch_kernel_log(config: pytest.Config, name: str) -> KernelLog:
+    from pytest_gpuhost.session import SESSION_KEY
+
+    session = config.stash[SESSION_KEY]
+    return read_kernel_log(session.host_named(name), session.settings.timeout)
+
+
+prefetch.register("gpuhost_health", _prefetch_health)  # all hosts at once in a fleet run
+prefetch.register("gpuhost_kernel_log", _prefetch_kernel_log)
 
 
 @pytest.fixture(scope="session")

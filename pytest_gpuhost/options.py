@@ -143,6 +143,11 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "--gpuhost-json", "write this run's JSON report to FILE (docs/json-report.md)", metavar="FILE"
     ),
     OptionSpec(
+        "--gpuhost-prometheus",
+        "write the run's outcomes, actions and figures for node_exporter's textfile collector to FILE",
+        metavar="FILE",
+    ),
+    OptionSpec(
         "--gpuhost-save-baseline",
         "save this run's versions and measured figures as a baseline to FILE (docs/baselines.md)",
         metavar="FILE",

@@ -39,7 +39,9 @@ _VERSION_KEY = re.compile(
     r"(^|[._])(version|driver|cuda|kernel|engine|api|sdk|containerd|runc|init|release)$"
 )
 _DIAGNOSIS = re.compile(
-    r"FOUND:\s*(?P<found>.*?)\n\s*CAUSE:\s*(?P<cause>.*?)\n\s*FIX:\s*(?P<fix>.*)", re.DOTALL
+    r"FOUND:\s*(?P<found>.*?)\n\s*CAUSE:\s*(?P<cause>.*?)\n\s*FIX:\s*(?P<fix>.*?)"
+    r"(?:\n\s*KIND:\s*(?P<kind>[\w.-]+)\s*)?$",
+    re.DOTALL,
 )
 
 Inventory = Mapping[str, Any]
@@ -105,7 +107,10 @@ def parse_diagnosis(text: str) -> dict[str, str] | None:
     match = _DIAGNOSIS.search(text)
     if not match:
         return None
-    return {name: match.group(name).strip() for name in ("found", "cause", "fix")}
+    diagnosis = {name: match.group(name).strip() for name in ("found", "cause", "fix")}
+    if match.group("kind"):
+        diagnosis["kind"] = match.group("kind")
+    return diagnosis
 
 
 def skip_reason(report: pytest.TestReport) -> str | None:
@@ -153,6 +158,8 @@ def inventory_from_facts(facts: HostFacts) -> dict[str, Any]:
 
 def summarize(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Counts per outcome and the hosts-by-check-groups table."""
+    from pytest_gpuhost.actions import host_actions
+
     outcomes = dict.fromkeys(OUTCOMES, 0)
     table: dict[str, dict[str, dict[str, int]]] = {}
     for result in results:
@@ -160,7 +167,7 @@ def summarize(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         outcomes[outcome] += 1
         cell = table.setdefault(result["host"], {}).setdefault(result["group"], dict.fromkeys(OUTCOMES, 0))
         cell[outcome] += 1
-    return {"total": len(results), "outcomes": outcomes, "table": table}
+    return {"total": len(results), "outcomes": outcomes, "table": table, "actions": host_actions(results)}
 
 
 def json_safe(value: Any) -> Any:
@@ -244,9 +251,11 @@ class JsonReport:
             return [{**self.inventory(), "error": f"{type(exc).__name__}: {exc}"}]
 
     def results(self) -> list[dict[str, Any]]:
-        """The results so far, each with its host filled in."""
+        """The results so far, each with its host and its action (``actions.RULES``) filled in."""
+        from pytest_gpuhost.actions import annotate
+
         host = self.inventory()["host"]
-        return [{**record, "host": record["host"] or host} for record in self._results.values()]
+        return [annotate({**record, "host": record["host"] or host}) for record in self._results.values()]
 
     def build(self, exitstatus: int | None = None, interrupted: bool = False) -> dict[str, Any]:
         """The report document of what has run so far."""
@@ -468,7 +477,10 @@ def merge_reports(paths: Iterable[Path | str]) -> dict[str, Any]:
                 )
             seen[name] = str(path)
             hosts.append(inventory)
-        results.extend(document["results"])
+        from pytest_gpuhost.actions import annotate
+
+        # A report written before actions existed gets them from the table now.
+        results.extend(r if "action" in r else annotate(dict(r)) for r in document["results"])
         merged_from.append(
             {
                 "source": str(path),

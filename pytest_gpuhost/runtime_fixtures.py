@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from pytest_gpuhost import prefetch
 from pytest_gpuhost.container_fixtures import container_timeout
 from pytest_gpuhost.containers import NO_GPUS, ContainerFailure, Containers
 from pytest_gpuhost.diagnosis import Diagnosis, fail
@@ -78,11 +79,30 @@ def gpuhost_container_defaults(gpuhost_containers: Containers, gpuhost_settings:
 
 
 @pytest.fixture(scope="session")
-def gpuhost_login(gpuhost_host: Host, gpuhost_settings: Settings) -> LoginUser:
+def gpuhost_login(pytestconfig: pytest.Config, gpuhost_host: Host, gpuhost_settings: Settings) -> LoginUser:
     """The user whose containers these are: this process's user, or the SSH login on a remote host."""
-    if not is_remote(gpuhost_host):
+    return prefetch.value(
+        pytestconfig,
+        "gpuhost_login",
+        gpuhost_host.name,
+        lambda: _login(gpuhost_host, gpuhost_settings.timeout),
+    )
+
+
+def _login(host: Host, timeout: float) -> LoginUser:
+    if not is_remote(host):
         return LoginUser.of_this_process()
-    return LoginUser.on_host(gpuhost_host, gpuhost_settings.timeout)
+    return LoginUser.on_host(host, timeout)
+
+
+def _prefetch_login(config: pytest.Config, name: str) -> LoginUser:
+    from pytest_gpuhost.session import SESSION_KEY
+
+    session = config.stash[SESSION_KEY]
+    return _login(session.host_named(name), session.settings.timeout)
+
+
+prefetch.register("gpuhost_login", _prefetch_login)  # all hosts at once in a fleet run
 
 
 @pytest.fixture(scope="session")

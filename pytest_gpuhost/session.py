@@ -223,6 +223,14 @@ class GpuhostSession:
                 ),
                 PLUGIN_NAME,
             )
+        from pytest_gpuhost.actions import ActionReporter
+
+        config.pluginmanager.register(ActionReporter(), "gpuhost-actions")  # docs/actions.md
+        if settings.prometheus:
+            from pytest_gpuhost.prometheus import PLUGIN_NAME as PROMETHEUS
+            from pytest_gpuhost.prometheus import PrometheusReport
+
+            config.pluginmanager.register(PrometheusReport(settings.prometheus), PROMETHEUS)
         from pytest_gpuhost import report_html
 
         report_html.register(config)  # pytest-html extras: burn plots and diagnoses (only with --html)
@@ -284,7 +292,7 @@ class GpuhostSession:
         """Every host's facts, gathered in parallel: a fleet's collection waits for the slowest only."""
         missing = [h.name for h in self.hosts if h.name not in self._facts_by_host]
         if len(missing) > 1:
-            with ThreadPoolExecutor(max_workers=min(16, len(missing))) as pool:
+            with ThreadPoolExecutor(max_workers=min(64, len(missing))) as pool:
                 list(pool.map(self.facts_for, missing))
         elif missing:
             self.facts_for(missing[0])
@@ -496,7 +504,15 @@ class GpuhostSession:
     @pytest.hookimpl(wrapper=True)
     def pytest_runtestloop(self, session: pytest.Session) -> Generator[None, object, object]:
         """A run in which a selected check skipped for a failed precondition fails, even when the
-        check that owns the precondition was deselected: a host without a GPU never passes."""
+        check that owns the precondition was deselected: a host without a GPU never passes.
+
+        A fleet run first gathers every host's session facts the selected checks need, all hosts at
+        once (``prefetch``), so that hosts checked one after the other wait on no round trip."""
+        if self.fleet and len(self.hosts) > 1 and not hasattr(self.config, "workerinput"):
+            from pytest_gpuhost import prefetch
+
+            if not session.config.option.collectonly:
+                prefetch.warm(self.config, prefetch.plan(session.items, self.target_of))
         result = yield
         if self.precondition_skips and not session.testsfailed:
             session.testsfailed = 1  # pytest then ends with TESTS_FAILED

@@ -73,6 +73,7 @@ class Settings:
     image_explicit: bool = True
     hardware_passes: int = 1
     hardware_fault: tuple[str, ...] = ()
+    prometheus: str | None = None
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:

@@ -95,6 +95,7 @@ def test_h100_report_has_the_host_inventory(gpuhost_pytester: GpuhostPytester) -
         "gpuhost.cuda": "13.0",
         "gpuhost.gpu_count": "1",
         "gpuhost.gpu0": f"{gpu['name']} {gpu['uuid']} 0000:00:06.0",
+        "gpuhost.action": "none",  # the host's action (docs/actions.md)
     }
 
 

@@ -40,6 +40,7 @@ RESULT_KEYS = {
     "params",
     "tier",
     "outcome",
+    "action",
     "duration_s",
     "diagnosis",
     "message",
@@ -245,6 +246,7 @@ def test_a_run_writes_every_result(
             "category": "GpuhostWarning",
             "message": "FOUND: a finding\nCAUSE: its cause\nFIX:   its fix",
             "diagnosis": {"found": "a finding", "cause": "its cause", "fix": "its fix"},
+            "action": "none",
         }
     ]
     errored = results["test_errors"]

@@ -1,0 +1,90 @@
+"""Prefetching per-host session facts: all hosts at once, each value computed once, and a failure
+(a skip too) kept for the check that uses the fixture."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from pytest_gpuhost import prefetch
+
+
+class FakeConfig:
+    def __init__(self) -> None:
+        self.stash = pytest.Stash()
+
+
+class FakeItem:
+    def __init__(self, host: str, *fixtures: str) -> None:
+        self.host = host
+        self.fixturenames = list(fixtures)
+
+
+@pytest.fixture
+def warmers(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    table: dict[str, Any] = {}
+    monkeypatch.setattr(prefetch, "WARMERS", table)
+    return table
+
+
+def test_a_value_is_computed_once_and_a_skip_is_kept() -> None:
+    config: Any = FakeConfig()
+    calls: list[str] = []
+
+    def compute(answer: int) -> int:
+        calls.append(str(answer))
+        return answer
+
+    assert prefetch.value(config, "f", "gpu01", lambda: compute(42)) == 42
+    assert prefetch.value(config, "f", "gpu01", lambda: compute(43)) == 42
+    assert calls == ["42"]
+
+    def skipped() -> int:
+        calls.append("skip")
+        pytest.skip("needs docker")
+
+    for _ in range(2):
+        with pytest.raises(pytest.skip.Exception, match="needs docker"):
+            prefetch.value(config, "g", "gpu01", skipped)
+    assert calls == ["42", "skip"]
+
+
+def test_hosts_are_warmed_at_once_and_only_what_is_selected(warmers: dict[str, Any]) -> None:
+    config: Any = FakeConfig()
+    seen: list[tuple[str, str, str]] = []
+    # Passes only when the four hosts' first values are computed at the same time.
+    together = threading.Barrier(4, timeout=20)
+
+    def slow(name: str) -> Any:
+        def compute(cfg: Any, host: str) -> str:
+            if name == "engine":
+                together.wait()
+            seen.append((name, host, threading.current_thread().name))
+            return f"{name}@{host}"
+
+        return compute
+
+    prefetch.register("gpuhost_engine", slow("engine"))
+    prefetch.register("gpuhost_toolkit", slow("toolkit"))
+    items = [FakeItem(f"gpu0{i}", "gpuhost_engine", "gpuhost_facts") for i in range(1, 5)]
+    items.append(FakeItem("gpu01", "gpuhost_toolkit"))
+    work = prefetch.plan(items, lambda item: item.host)  # type: ignore[arg-type, attr-defined]
+    assert work == {
+        "gpu01": ["gpuhost_engine", "gpuhost_toolkit"],
+        "gpu02": ["gpuhost_engine"],
+        "gpu03": ["gpuhost_engine"],
+        "gpu04": ["gpuhost_engine"],
+    }
+    prefetch.warm(config, work)
+    assert not together.broken
+    assert len(seen) == 5 and all(thread.startswith("gpuhost-prefetch") for _, _, thread in seen)
+    assert prefetch.value(config, "gpuhost_engine", "gpu03", lambda: "again") == "engine@gpu03"
+
+
+def test_one_host_is_not_prefetched(warmers: dict[str, Any]) -> None:
+    config: Any = FakeConfig()
+    prefetch.register("gpuhost_engine", lambda cfg, host: pytest.fail("must not run"))
+    prefetch.warm(config, {"gpu01": ["gpuhost_engine"]})
+    assert prefetch.value(config, "gpuhost_engine", "gpu01", lambda: "now") == "now"
