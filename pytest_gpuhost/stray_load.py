@@ -18,6 +18,7 @@ import os
 import re
 import socket
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,8 @@ if TYPE_CHECKING:
 MEASURES_MARKER = "gpuhost_measures"
 MEASURING_FIXTURES = frozenset({"gpuhost_burn", "gpuhost_matmul", "gpuhost_live", "gpuhost_gpu_load"})
 BUSY_UTILIZATION_PCT = 10.0  # an idle GPU reads 0 %; a desktop or a monitor stays well below
+STALE_REREADS = 4  # a GPU busy with no process is read again this often, STALE_REREAD_GAP_S apart
+STALE_REREAD_GAP_S = 0.5
 BUSY_POWER_FRACTION = 0.4  # an idle H100/H200 draws about 10 % of its limit, a load 90 % and more
 CONTAINER_ID = re.compile(r"(?:docker[-/]|containerd[-/]|cri-containerd-|libpod-)([0-9a-f]{64})")
 QUERY_GPUS = "--query-gpu=uuid,utilization.gpu,power.draw,enforced.power.limit"
@@ -315,9 +318,22 @@ def survey(
             from pytest_gpuhost.facts.nvml import load_pynvml, nvml_call
 
             nvml: ModuleType = (loader or load_pynvml)()
-            activity = nvml_call(lambda: read_activity_nvml(nvml, host, gpus), timeout, "NVML activity read")
+
+            def read() -> dict[str, GpuActivity]:
+                return nvml_call(lambda: read_activity_nvml(nvml, host, gpus), timeout, "NVML activity read")
         else:
-            activity = read_activity_smi(host, gpus, timeout)
+
+            def read() -> dict[str, GpuActivity]:
+                return read_activity_smi(host, gpus, timeout)
+
+        activity = read()
+        for _ in range(STALE_REREADS):
+            if not any(busy_without_process(a) for a in activity.values()):
+                break
+            # The driver's utilisation is an average over its last sample period: a load that
+            # ended a moment ago (the previous run's) still reads busy. A real one stays busy.
+            time.sleep(STALE_REREAD_GAP_S)
+            activity = read()
     except (NativeCallTimeout, RuntimeError, ImportError) as exc:
         result.error = str(exc)
         return result
@@ -326,6 +342,11 @@ def survey(
         return result
     result.activity = name_containers(client, activity)
     return result
+
+
+def busy_without_process(activity: GpuActivity) -> bool:
+    """Busy by utilisation or power alone: possibly the fading sample of a load that just ended."""
+    return activity.busy_because() is not None and not activity.processes
 
 
 # --- the session's survey, once per host, and the gate in front of the measuring checks ---------

@@ -148,3 +148,42 @@ def test_no_burn_is_stacked_on_a_busy_gpu(gpuhost_pytester: GpuhostPytester) -> 
         outcomes.get("skipped") == len(CRITERIA) and not outcomes.get("passed") and not outcomes.get("failed")
     )
     result.stdout.fnmatch_lines(["SKIPPED [[]7[]]*not measured: GPU 0 (GPU-*) is already busy: *pid 4242*"])
+
+
+def _readings(monkeypatch: pytest.MonkeyPatch, *utilisations: float) -> list[int]:
+    """``read_activity_smi`` answers these utilisations one after the other (no process runs)."""
+    from pytest_gpuhost import stray_load
+
+    calls: list[int] = []
+
+    def read(host: object, gpus: object, timeout: float) -> dict[str, GpuActivity]:
+        value = utilisations[min(len(calls), len(utilisations) - 1)]
+        calls.append(1)
+        return {"GPU-1": GpuActivity("GPU-1", 0, utilization_pct=value, power_w=80, power_limit_w=700)}
+
+    monkeypatch.setattr(stray_load, "read_activity_smi", read)
+    monkeypatch.setattr(stray_load, "STALE_REREAD_GAP_S", 0.0)
+    return calls
+
+
+def test_the_fading_sample_of_a_load_that_just_ended_is_read_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seen on an H200: right after another program's load ended, NVML still read 100 % with no process."""
+    from pytest_gpuhost.host import LocalHost
+    from pytest_gpuhost.stray_load import survey
+
+    calls = _readings(monkeypatch, 100.0, 0.0)
+    result = survey(LocalHost(), [], 5.0, use_nvml=False, client=None)
+    assert len(calls) == 2
+    assert result.activity["GPU-1"].busy_because() is None
+
+
+def test_a_load_that_stays_busy_without_a_visible_process_is_still_busy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pytest_gpuhost.host import LocalHost
+    from pytest_gpuhost.stray_load import STALE_REREADS, survey
+
+    calls = _readings(monkeypatch, 100.0)
+    result = survey(LocalHost(), [], 5.0, use_nvml=False, client=None)
+    assert len(calls) == 1 + STALE_REREADS
+    assert result.activity["GPU-1"].busy_because() == "100 % utilisation"
