@@ -232,6 +232,71 @@ def test_patterns_match_the_reference_formula() -> None:
 
 
 @needs_torch
+def test_every_flip_is_counted_and_located_when_rows_and_slices_do_not_line_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A random tile shorter than (and not dividing) the slice, a short last slice, several flips:
+    the written words still equal ``expected_word`` and the slow path counts and locates each flip."""
+    import torch
+
+    spec = importlib.util.spec_from_file_location("memory_workload", SCRIPT)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "RANDOM_WORDS", 96)
+    slice_words = 4096 + 96
+
+    def pattern_test(flips: list[tuple[str, int]]) -> Any:
+        args = module.parse_args(["--device", "cpu", "--slice-words", str(slice_words)])
+        args.flips = flips
+        test = module.PatternTest(module.Device(torch, "cpu", 0), args)
+        test.allocate((2 * slice_words + 64) * 4, None)
+        return test
+
+    test = pattern_test([])
+    blk = test.blocks()
+    random_block = [int(v) & 0xFFFFFFFF for v in blk["random"].tolist()]
+    words = sum(int(s.numel()) for s in test.slices)
+    for pattern in module.PATTERNS:
+        test.write_all(pattern, blk)
+        written = torch.cat(test.slices).tolist()
+        assert written == [
+            module.expected_word(pattern, i, slice_words, test.seed, random_block) for i in range(words)
+        ], pattern
+        assert test.run_pattern(pattern, blk)["mismatches"] == 0, pattern
+    flipped = [5, 77, slice_words + 4100, words - 1]
+    for pattern in module.PATTERNS:
+        flips = pattern_test([(pattern, w) for w in flipped])
+        result = flips.run_pattern(pattern, flips.blocks())
+        assert result["mismatches"] == len(flipped), pattern
+        assert [f["offset"] for f in result["first"]] == [w * 4 for w in flipped], pattern
+        assert all(f["got"] == f["want"] ^ 1 for f in result["first"]), pattern
+
+
+@needs_torch
+def test_address_words_wrap_like_int32_inside_a_slice() -> None:
+    import torch
+
+    spec = importlib.util.spec_from_file_location("memory_workload", SCRIPT)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = torch.empty(100, dtype=torch.int32)
+    for start in (2**31 - 40, 2**32 - 30, 3 * 2**32 + 7):
+        module.write_ramp(torch, out, start)
+        assert out.tolist() == [module.to_int32(start + i) for i in range(100)]
+    test = module.PatternTest(module.Device(torch, "cpu", 0), module.parse_args([*SMALL]))
+    blk = test.blocks()
+    words = torch.empty(4096, dtype=torch.int32)
+    for s in (2**19 - 1, 2**19, 2**20 + 3):  # slices whose base crosses 2**31 and 2**32
+        test.write("address", s, words, blk)
+        assert not bool(torch.stack(test.differs("address", s, words, blk)).any()), s
+        test.write("address", s, words, blk)
+        words[123] ^= 4
+        assert bool(torch.stack(test.differs("address", s, words, blk)).any()), s
+
+
+@needs_torch
 def test_too_little_memory_fails_the_pattern_test() -> None:
     """DCGM issue 284 passes when it did not get the memory; this must fail."""
     code, rec = run_script(*SMALL, "--checks", "patterns", "--inject-alloc-limit", "65536", faults=True)
