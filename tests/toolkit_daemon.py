@@ -70,8 +70,8 @@ def toolkit_daemon_fixture() -> Iterator[ToolkitDaemon]:
     if not env_file.exists():
         _unavailable(f"no toolkit daemon: {env_file} does not exist")
     env = read_env(env_file)
-    client = docker.DockerClient(base_url=env["GPUHOST_TK_DOCKER_HOST"], timeout=60)
-    try:
+    try:  # the SDK asks the daemon for its API version already when the client is made
+        client = docker.DockerClient(base_url=env["GPUHOST_TK_DOCKER_HOST"], timeout=60)
         client.ping()
     except docker.errors.DockerException as exc:
         _unavailable(f"the toolkit daemon at {env['GPUHOST_TK_DOCKER_HOST']} does not answer: {exc}")
