@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import pytest
+
+if TYPE_CHECKING:
+    from pytest_gpuhost.facts.health import Verdict
 
 # The warnings of the check running now: fleet operations (``actions``) give its JUnit test case
 # the action of its warnings too, which pytest reports only after the test case is written.
@@ -41,3 +44,19 @@ def warn(found: str, cause: str, fix: str, kind: str | None = None) -> None:
     diagnosis = Diagnosis(found, cause, fix, kind)
     recent_warnings.append(diagnosis)
     warnings.warn(GpuhostWarning(str(diagnosis)), stacklevel=2)
+
+
+def report_verdict(verdict: Verdict) -> None:
+    """Print a verdict's metrics and notes, warn, then fail with every failure or skip as not applicable."""
+    for key, value in verdict.metrics:
+        if value is not None:
+            print(f"gpuhost.metric {key}={value}")
+    for note in verdict.notes:
+        print(f"gpuhost.note {note}")
+    for diagnosis in verdict.warnings:
+        warn(diagnosis.found, diagnosis.cause, diagnosis.fix)
+    failure = verdict.combined_failure()
+    if failure is not None:
+        fail(failure.found, failure.cause, failure.fix)
+    if verdict.skip:
+        pytest.skip(verdict.skip)

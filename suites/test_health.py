@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pytest_gpuhost.diagnosis import fail, warn
+from pytest_gpuhost.diagnosis import fail, report_verdict
 from pytest_gpuhost.facts.health import (
     F_CLOCKS,
     F_PCIE,
@@ -21,7 +21,6 @@ from pytest_gpuhost.facts.health import (
     HealthSurvey,
     HealthThresholds,
     KernelLog,
-    Verdict,
     XidEvent,
     gpu_label,
     judge_clocks,
@@ -46,22 +45,6 @@ if TYPE_CHECKING:
     import docker
 
 pytestmark = pytest.mark.quick
-
-
-def report(verdict: Verdict) -> None:
-    """Print the metrics and notes, warn, then fail with every failure or skip as not applicable."""
-    for key, value in verdict.metrics:
-        if value is not None:
-            print(f"gpuhost.metric {key}={value}")
-    for note in verdict.notes:
-        print(f"gpuhost.note {note}")
-    for diagnosis in verdict.warnings:
-        warn(diagnosis.found, diagnosis.cause, diagnosis.fix)
-    failure = verdict.combined_failure()
-    if failure is not None:
-        fail(failure.found, failure.cause, failure.fix)
-    if verdict.skip:
-        pytest.skip(verdict.skip)
 
 
 def health_of(survey: HealthSurvey, gpu: GpuInfo) -> HealthFacts:
@@ -99,7 +82,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.mark.gpuhost_needs("gpu_listing")
 def test_ecc_mode(gpu: GpuInfo, gpuhost_health: HealthSurvey) -> None:
     """ECC is reported; off on a data-centre GPU, or a pending mode change, is a warning."""
-    report(judge_ecc_mode(health_of(gpuhost_health, gpu)))
+    report_verdict(judge_ecc_mode(health_of(gpuhost_health, gpu)))
 
 
 @pytest.mark.gpuhost_needs("gpu_listing")
@@ -107,7 +90,7 @@ def test_no_uncorrectable_ecc_errors(
     gpu: GpuInfo, gpuhost_health: HealthSurvey, gpuhost_health_thresholds: HealthThresholds
 ) -> None:
     """No uncorrectable ECC error since the driver loaded, and none in the GPU's lifetime."""
-    report(judge_uncorrectable_ecc(health_of(gpuhost_health, gpu), gpuhost_health_thresholds))
+    report_verdict(judge_uncorrectable_ecc(health_of(gpuhost_health, gpu), gpuhost_health_thresholds))
 
 
 @pytest.mark.gpuhost_needs("gpu_listing")
@@ -115,19 +98,19 @@ def test_correctable_ecc_errors(
     gpu: GpuInfo, gpuhost_health: HealthSurvey, gpuhost_health_thresholds: HealthThresholds
 ) -> None:
     """Correctable ECC errors since the driver loaded stay below the thresholds."""
-    report(judge_correctable_ecc(health_of(gpuhost_health, gpu), gpuhost_health_thresholds))
+    report_verdict(judge_correctable_ecc(health_of(gpuhost_health, gpu), gpuhost_health_thresholds))
 
 
 @pytest.mark.gpuhost_needs("gpu_listing")
 def test_no_retired_pages_pending(gpu: GpuInfo, gpuhost_health: HealthSurvey) -> None:
     """Page retirement (before Ampere): no retired page waits for a reset."""
-    report(judge_retired_pages(health_of(gpuhost_health, gpu)))
+    report_verdict(judge_retired_pages(health_of(gpuhost_health, gpu)))
 
 
 @pytest.mark.gpuhost_needs("gpu_listing")
 def test_row_remapping(gpu: GpuInfo, gpuhost_health: HealthSurvey) -> None:
     """Row remapping (Ampere and later): nothing pending, no remapping ever failed."""
-    report(judge_row_remapping(health_of(gpuhost_health, gpu)))
+    report_verdict(judge_row_remapping(health_of(gpuhost_health, gpu)))
 
 
 # -- Xid -----------------------------------------------------------------------------------------
@@ -142,7 +125,7 @@ def test_no_xid_errors(
 ) -> None:
     """No hardware or driver Xid for this GPU in the kernel log since boot; application Xids are reported."""
     mine = [event for event in gpuhost_xids if event.on_gpu(gpu.pci_bus_id)]
-    report(judge_xids(gpu_label(gpu), mine, gpuhost_kernel_log, gpuhost_health_thresholds, gpu.index))
+    report_verdict(judge_xids(gpu_label(gpu), mine, gpuhost_kernel_log, gpuhost_health_thresholds, gpu.index))
 
 
 @pytest.mark.gpuhost_needs("gpu_present")
@@ -151,7 +134,7 @@ def test_no_xid_on_unlisted_gpus(
 ) -> None:
     """Xids of a PCI address no listed GPU has: the trace of a GPU that fell off the bus."""
     known = [g.pci_bus_id for g in gpuhost_facts.nvml.gpus + gpuhost_facts.smi.gpus]
-    report(judge_unlisted_xids(gpuhost_xids, known, gpuhost_kernel_log))
+    report_verdict(judge_unlisted_xids(gpuhost_xids, known, gpuhost_kernel_log))
 
 
 # -- PCIe and clocks -----------------------------------------------------------------------------
@@ -161,7 +144,7 @@ def test_no_xid_on_unlisted_gpus(
 def test_pcie_link(gpu: GpuInfo, gpuhost_live: LiveSampler) -> None:
     """The link runs at the generation and width the GPU and slot allow (measured under load when possible)."""
     measured = gpuhost_live.measure(gpu)
-    report(judge_pcie_link(gpu, measured.link, measured.loaded, measured.unavailable.get(F_PCIE)))
+    report_verdict(judge_pcie_link(gpu, measured.link, measured.loaded, measured.unavailable.get(F_PCIE)))
 
 
 @pytest.mark.gpuhost_needs("gpu_listing")
@@ -170,7 +153,9 @@ def test_no_clock_slowdown(
 ) -> None:
     """No hardware slowdown, thermal slowdown or power brake; the software power cap is reported."""
     measured = gpuhost_live.measure(gpu)
-    report(judge_clocks(gpu, measured.clocks, measured.unavailable.get(F_CLOCKS), gpuhost_health_thresholds))
+    report_verdict(
+        judge_clocks(gpu, measured.clocks, measured.unavailable.get(F_CLOCKS), gpuhost_health_thresholds)
+    )
 
 
 # -- MIG and fabric ------------------------------------------------------------------------------
@@ -179,7 +164,7 @@ def test_no_clock_slowdown(
 @pytest.mark.gpuhost_needs("gpu_listing")
 def test_mig_mode(gpu: GpuInfo, gpuhost_health: HealthSurvey, gpuhost_mig_expected: str | None) -> None:
     """The current MIG mode is the pending one (nothing waits for a reset) and the expected one."""
-    report(judge_mig(health_of(gpuhost_health, gpu), gpuhost_mig_expected))
+    report_verdict(judge_mig(health_of(gpuhost_health, gpu), gpuhost_mig_expected))
 
 
 @pytest.mark.gpuhost_needs("driver")
@@ -188,7 +173,7 @@ def test_fabric_manager(
 ) -> None:
     """On NVSwitch systems nv-fabricmanager runs, of the driver's version."""
     on_fabric = sum(1 for h in gpuhost_health.gpus if h.fabric_state is not None)
-    report(judge_fabric_manager(gpuhost_fabric, gpuhost_facts.driver_version, on_fabric))
+    report_verdict(judge_fabric_manager(gpuhost_fabric, gpuhost_facts.driver_version, on_fabric))
 
 
 @pytest.mark.gpuhost_needs("gpu_listing")
@@ -196,7 +181,7 @@ def test_gpu_fabric_registered(
     gpu: GpuInfo, gpuhost_health: HealthSurvey, gpuhost_fabric: FabricFacts
 ) -> None:
     """On an NVLink fabric (NVSwitch, HGX board) the GPU's registration completed."""
-    report(judge_gpu_fabric(health_of(gpuhost_health, gpu), len(gpuhost_fabric.nvswitches)))
+    report_verdict(judge_gpu_fabric(health_of(gpuhost_health, gpu), len(gpuhost_fabric.nvswitches)))
 
 
 # -- images --------------------------------------------------------------------------------------
@@ -219,7 +204,7 @@ def test_image_cuda_requirement(
         )
     capability = {g.uuid: g.compute_capability for g in gpuhost_facts.gpus}
     traits = [GpuTraits(h.brand, capability.get(h.uuid)) for h in gpuhost_health.gpus]
-    report(
+    report_verdict(
         judge_image_cuda(
             cuda_image, env, gpuhost_facts.cuda_driver_version, gpuhost_facts.driver_version, traits
         )

@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 
 from pytest_gpuhost.advisories import AdvisoryTable, AdvisoryTableError, load_table
-from pytest_gpuhost.diagnosis import fail, warn
+from pytest_gpuhost.diagnosis import fail, report_verdict
 from pytest_gpuhost.facts.docker_engine import EngineFacts
-from pytest_gpuhost.facts.health import Verdict
 from pytest_gpuhost.facts.maintenance import ModuleFacts, RebootFacts, read_modules, read_reboot
 from pytest_gpuhost.facts.model import HostFacts
 from pytest_gpuhost.facts.toolkit import ToolkitFacts
@@ -32,22 +31,6 @@ from pytest_gpuhost.maintenance_criteria import (
 from pytest_gpuhost.settings import Settings
 
 pytestmark = pytest.mark.quick
-
-
-def report(verdict: Verdict) -> None:
-    """Print the metrics and notes, warn, then fail with every failure or skip as not applicable."""
-    for key, value in verdict.metrics:
-        if value is not None:
-            print(f"gpuhost.metric {key}={value}")
-    for note in verdict.notes:
-        print(f"gpuhost.note {note}")
-    for diagnosis in verdict.warnings:
-        warn(diagnosis.found, diagnosis.cause, diagnosis.fix)
-    failure = verdict.combined_failure()
-    if failure is not None:
-        fail(failure.found, failure.cause, failure.fix)
-    if verdict.skip:
-        pytest.skip(verdict.skip)
 
 
 @pytest.fixture(scope="session")
@@ -93,7 +76,7 @@ def test_advisory_table_current(
             "fix the named row (docs/maintenance.md describes the schema), or drop the option to use the "
             "table shipped with the suite",
         )
-    report(judge_table(gpuhost_advisories, date.today(), gpuhost_settings.advisories_max_age))
+    report_verdict(judge_table(gpuhost_advisories, date.today(), gpuhost_settings.advisories_max_age))
 
 
 def test_toolkit_has_security_fixes(
@@ -103,7 +86,7 @@ def test_toolkit_has_security_fixes(
 ) -> None:
     """The toolkit is no older than the fix of any known container escape or host-tampering advisory."""
     table = table_or_skip(gpuhost_advisories)
-    report(judge_toolkit(gpuhost_toolkit, table, date.today(), gpuhost_settings.advisories_max_age))
+    report_verdict(judge_toolkit(gpuhost_toolkit, table, date.today(), gpuhost_settings.advisories_max_age))
 
 
 def test_docker_release_line_maintained(
@@ -114,7 +97,7 @@ def test_docker_release_line_maintained(
 ) -> None:
     """A warning when the engine's release line is no longer maintained upstream, or too old for CDI."""
     table = table_or_skip(gpuhost_advisories)
-    report(
+    report_verdict(
         judge_docker(
             gpuhost_engine.engine_version,
             gpuhost_settings.gpu_access,
@@ -134,17 +117,17 @@ def test_driver_branch_supported(
 ) -> None:
     """A warning when the driver's branch is past end of life or missing from NVIDIA's support table."""
     table = table_or_skip(gpuhost_advisories)
-    report(
+    report_verdict(
         judge_driver(gpuhost_facts.driver_version, table, date.today(), gpuhost_settings.advisories_max_age)
     )
 
 
 def test_no_reboot_pending(gpuhost_reboot: RebootFacts) -> None:
     """/var/run/reboot-required: a failure when NVIDIA driver packages wait for it, else a warning."""
-    report(judge_reboot(gpuhost_reboot))
+    report_verdict(judge_reboot(gpuhost_reboot))
 
 
 @pytest.mark.gpuhost_needs("driver")
 def test_loaded_driver_matches_installed(gpuhost_driver_modules: ModuleFacts) -> None:
     """The running nvidia module is the one installed for this kernel (`modinfo nvidia`)."""
-    report(judge_modules(gpuhost_driver_modules))
+    report_verdict(judge_modules(gpuhost_driver_modules))
