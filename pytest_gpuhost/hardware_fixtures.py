@@ -73,22 +73,34 @@ class MemoryRuns:
         env = {FAULT_SWITCH: "1"} if self.faults else None
 
         def run() -> tuple[dict[str, Any] | None, Diagnosis | None]:
-            try:
-                outcome = run_workload(
-                    self.containers,
-                    self.settings,
-                    "memory.py",
-                    args,
-                    gpus=GpuRequest((gpu,)),
-                    check="test_hbm_patterns",
-                    timeout=MEMORY_TIMEOUT_S,
-                    environment=env,
-                )
-            except ContainerFailure as exc:
-                return None, exc.diagnosis
-            return outcome.record, outcome.diagnosis
+            return run_hardware_workload(self, "memory.py", args, (gpu,), "test_hbm_patterns", env)
 
         return run_with_ecc(lambda: self._health(gpu), run)
+
+
+def run_hardware_workload(
+    runs: MemoryRuns,
+    script: str,
+    args: list[str],
+    gpus: tuple[GpuInfo, ...],
+    check: str,
+    environment: dict[str, str] | None = None,
+) -> tuple[dict[str, Any] | None, Diagnosis | None]:
+    """One hardware workload in a container: its record and diagnosis, or why it could not run."""
+    try:
+        outcome = run_workload(
+            runs.containers,
+            runs.settings,
+            script,
+            args,
+            gpus=GpuRequest(gpus),
+            check=check,
+            timeout=MEMORY_TIMEOUT_S,
+            environment=environment,
+        )
+    except ContainerFailure as exc:
+        return None, exc.diagnosis
+    return outcome.record, outcome.diagnosis
 
 
 @pytest.fixture(scope="session")
@@ -122,20 +134,8 @@ class AllReduceRun:
         runs = self.runs
         wrong = next((f.target for f in runs.faults if f.kind == "allreduce"), None)
         env = {FAULT_SWITCH: "1"} if wrong is not None else None
-        try:
-            outcome = run_workload(
-                runs.containers,
-                runs.settings,
-                "allreduce.py",
-                allreduce.workload_args(len(runs.gpus), wrong),
-                gpus=GpuRequest(runs.gpus),
-                check="test_nccl_all_reduce",
-                timeout=MEMORY_TIMEOUT_S,
-                environment=env,
-            )
-        except ContainerFailure as exc:
-            return None, exc.diagnosis
-        return outcome.record, outcome.diagnosis
+        args = allreduce.workload_args(len(runs.gpus), wrong)
+        return run_hardware_workload(runs, "allreduce.py", args, runs.gpus, "test_nccl_all_reduce", env)
 
 
 @pytest.fixture(scope="session")
@@ -155,19 +155,9 @@ class P2PRun:
             from pytest_gpuhost.hardware import p2p
 
             runs = self.runs
-            try:
-                outcome = run_workload(
-                    runs.containers,
-                    runs.settings,
-                    "p2p.py",
-                    p2p.workload_args(runs.gpus),
-                    gpus=GpuRequest(runs.gpus),
-                    check="test_gpu_pair_p2p",
-                    timeout=MEMORY_TIMEOUT_S,
-                )
-                self._outcome = (outcome.record, outcome.diagnosis)
-            except ContainerFailure as exc:
-                self._outcome = (None, exc.diagnosis)
+            self._outcome = run_hardware_workload(
+                runs, "p2p.py", p2p.workload_args(runs.gpus), runs.gpus, "test_gpu_pair_p2p"
+            )
         return self._outcome
 
     def pair(self, a: GpuInfo, b: GpuInfo) -> dict[str, Any] | None:

@@ -11,12 +11,15 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pytest
 
-TIERS = (
-    "quick",
-    "container",
-    "hardware",
-    "burn",
-)  # each tier runs the ones before it, except that burn leaves hardware out
+TIERS = ("quick", "container", "hardware", "burn")  # in order of cost
+# The checks each tier runs, by their tier marker: the guide's burn is quick + container + burn,
+# and the hardware tier is asked for by name.
+TIER_RUNS: dict[str, frozenset[str]] = {
+    "quick": frozenset({"quick"}),
+    "container": frozenset({"quick", "container"}),
+    "hardware": frozenset({"quick", "container", "hardware"}),
+    "burn": frozenset({"quick", "container", "burn"}),
+}
 GPU_ACCESS_MODES = ("gpus", "cdi", "runtime", "devices")
 PULL_POLICIES = ("missing", "always", "never")
 FAULT_SWITCH = "GPUHOST_ALLOW_FAULT_INJECTION"

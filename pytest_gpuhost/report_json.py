@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_gpuhost import __version__
+from pytest_gpuhost.options import TIERS
 
 if TYPE_CHECKING:
     from pytest_gpuhost.facts.model import HostFacts
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 SCHEMA = "pytest-gpuhost/report/v1"
 PLUGIN_NAME = "gpuhost-json-report"
 OUTCOMES = ("passed", "failed", "skipped", "error", "xfailed", "xpassed", "interrupted")
-TIERS = ("quick", "container", "hardware", "burn")
 MAX_MESSAGE = 8000  # characters of a failure's text kept in the report
 METRIC_PREFIX = "gpuhost.metric"
 # Values of these keys stay strings even when they look numeric: "12.10" is not 12.1.

@@ -25,7 +25,7 @@ from pytest_gpuhost.diagnosis import Diagnosis
 from pytest_gpuhost.facts.gather import gather_host_facts
 from pytest_gpuhost.facts.model import GpuInfo, HostFacts
 from pytest_gpuhost.host import Host, LocalHost
-from pytest_gpuhost.options import TIERS, UsageError
+from pytest_gpuhost.options import TIER_RUNS, TIERS, UsageError
 from pytest_gpuhost.remote import (
     CHECK_REACHABLE,
     host_specs,
@@ -438,15 +438,13 @@ class GpuhostSession:
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
         self.check_needs_names(items)
-        rank = self.settings.tier_rank()
+        runs = TIER_RUNS[self.settings.tier]
         keep: list[pytest.Item] = []
         drop: list[pytest.Item] = []
         for item in items:
-            tiers = [TIERS.index(m.name) for m in item.iter_markers() if m.name in TIERS]
-            lowest = min(tiers) if tiers else -1
-            # The burn tier is the guide's quick + container + burn: the hardware tier is asked for by name.
-            skip_hardware = lowest == TIERS.index("hardware") and self.settings.tier == "burn"
-            (drop if lowest > rank or skip_hardware else keep).append(item)
+            tiers = [m.name for m in item.iter_markers() if m.name in TIERS]
+            lowest = min(tiers, key=TIERS.index) if tiers else None
+            (drop if lowest is not None and lowest not in runs else keep).append(item)
         if drop:
             config.hook.pytest_deselected(items=drop)
             items[:] = keep
