@@ -210,29 +210,27 @@ def _as_diagnosis(exc: BaseException, when: str) -> Diagnosis | None:
     return None
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
-    """A Docker failure that no check guards still ends as a diagnosis, never as a urllib3 traceback."""
+def _failing_as_diagnosis(when: str) -> Generator[None, None, None]:
+    """The body of a hook wrapper: a Docker failure escaping the hook fails the check as its diagnosis."""
     try:
         return (yield)
     except Exception as exc:
-        diagnosis = _as_diagnosis(exc, "setup")
+        diagnosis = _as_diagnosis(exc, when)
         if diagnosis is None:
             raise
     # Outside the except block: the report shows the diagnosis alone, not the exception chain.
     pytest.fail(str(diagnosis), pytrace=False)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    """A Docker failure that no check guards still ends as a diagnosis, never as a urllib3 traceback."""
+    return (yield from _failing_as_diagnosis("setup"))
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
-    try:
-        return (yield)
-    except Exception as exc:
-        diagnosis = _as_diagnosis(exc, item.name)
-        if diagnosis is None:
-            raise
-    # Outside the except block: the report shows the diagnosis alone, not the exception chain.
-    pytest.fail(str(diagnosis), pytrace=False)
+    return (yield from _failing_as_diagnosis(item.name))
 
 
 @pytest.hookimpl(wrapper=True)

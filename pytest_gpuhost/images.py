@@ -257,9 +257,7 @@ def pull_image(
                     with contextlib.suppress(ValueError):
                         events.put(("event", json.loads(raw)))
             events.put(("end", None))
-        except requests.exceptions.RequestException as exc:
-            events.put(("broken", exc))
-        except Exception as exc:  # the daemon's connection failed in some other way
+        except Exception as exc:  # requests' errors, or the daemon's connection failing another way
             events.put(("broken", exc))
 
     reader = threading.Thread(target=read, name=f"gpuhost-pull {image}", daemon=True)
