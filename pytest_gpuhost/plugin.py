@@ -12,9 +12,9 @@ from pytest_gpuhost.options import UsageError, add_options, is_enabled
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
-    from pytest_gpuhost import hooks
+    from pytest_gpuhost import hookspecs
 
-    pluginmanager.add_hookspecs(hooks)
+    pluginmanager.add_hookspecs(hookspecs)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -24,9 +24,8 @@ import pytest
 from pytest_gpuhost.diagnosis import Diagnosis
 from pytest_gpuhost.facts.gather import gather_host_facts
 from pytest_gpuhost.facts.model import GpuInfo, HostFacts
-from pytest_gpuhost.host import Host, LocalHost
-from pytest_gpuhost.options import TIER_RUNS, TIERS, UsageError
-from pytest_gpuhost.remote import (
+from pytest_gpuhost.hosts.host import Host, LocalHost
+from pytest_gpuhost.hosts.remote import (
     CHECK_REACHABLE,
     host_specs,
     hosts_from_config,
@@ -34,6 +33,7 @@ from pytest_gpuhost.remote import (
     probe_reachable,
     unreachable_facts,
 )
+from pytest_gpuhost.options import TIER_RUNS, TIERS, UsageError
 from pytest_gpuhost.settings import Settings
 
 SESSION_KEY = pytest.StashKey["GpuhostSession"]()
@@ -198,18 +198,16 @@ class GpuhostSession:
         session.receive_facts(getattr(config, "workerinput", None))
         config.stash[SESSION_KEY] = session
         config.pluginmanager.register(session, "gpuhost-session")
-        from pytest_gpuhost import (
-            container_fixtures,
-            docker_fixtures,
-            fixtures,
-            hardware_fixtures,
-            health_fixtures,
-            report_fixtures,
-            runtime_fixtures,
-            stray_load,
-            workload_fixtures,
-        )
-        from pytest_gpuhost.report_json import PLUGIN_NAME, JsonReport, inventory_from_facts
+        from pytest_gpuhost.fixtures import containers as container_fixtures
+        from pytest_gpuhost.fixtures import docker as docker_fixtures
+        from pytest_gpuhost.fixtures import hardware as hardware_fixtures
+        from pytest_gpuhost.fixtures import health as health_fixtures
+        from pytest_gpuhost.fixtures import host as fixtures
+        from pytest_gpuhost.fixtures import report as report_fixtures
+        from pytest_gpuhost.fixtures import runtimes as runtime_fixtures
+        from pytest_gpuhost.fixtures import stray_load
+        from pytest_gpuhost.fixtures import workloads as workload_fixtures
+        from pytest_gpuhost.reporting.json_report import PLUGIN_NAME, JsonReport, inventory_from_facts
 
         report_fixtures.profiles_from_config(config)  # a bad --gpuhost-profile stops here
         if not config.pluginmanager.has_plugin(PLUGIN_NAME):
@@ -223,15 +221,15 @@ class GpuhostSession:
                 ),
                 PLUGIN_NAME,
             )
-        from pytest_gpuhost.actions import ActionReporter
+        from pytest_gpuhost.reporting.actions import ActionReporter
 
         config.pluginmanager.register(ActionReporter(), "gpuhost-actions")  # docs/actions.md
         if settings.prometheus:
-            from pytest_gpuhost.prometheus import PLUGIN_NAME as PROMETHEUS
-            from pytest_gpuhost.prometheus import PrometheusReport
+            from pytest_gpuhost.reporting.prometheus import PLUGIN_NAME as PROMETHEUS
+            from pytest_gpuhost.reporting.prometheus import PrometheusReport
 
             config.pluginmanager.register(PrometheusReport(settings.prometheus), PROMETHEUS)
-        from pytest_gpuhost import report_html
+        from pytest_gpuhost.reporting import html_report as report_html
 
         report_html.register(config)  # pytest-html extras: burn plots and diagnoses (only with --html)
         modules = (
@@ -251,7 +249,7 @@ class GpuhostSession:
                 config.pluginmanager.register(module, f"gpuhost-{module.__name__.rsplit('.', 1)[-1]}")
         install_sigterm_handler()
         junit_to_system_out(config)
-        from pytest_gpuhost import image_session
+        from pytest_gpuhost.docker import image_session
 
         image_session.install(config, settings)  # pull limits and the terminal's pull progress
         if config.args_source != pytest.Config.ArgsSource.ARGS:
@@ -313,7 +311,7 @@ class GpuhostSession:
             self.unreachable.update(unreachable)
 
     def inventories(self) -> list[dict[str, Any]]:
-        from pytest_gpuhost.report_json import inventory_from_facts
+        from pytest_gpuhost.reporting.json_report import inventory_from_facts
 
         self.gather_all()
         return [inventory_from_facts(self.facts_for(h.name)) for h in self.hosts]
@@ -380,7 +378,7 @@ class GpuhostSession:
         (xdist's own ``@group`` suffix is lost under pytest 9.2)."""
         if config.getvalue("dist") != "loadgroup" or len(self.hosts) < 2:
             return None
-        from pytest_gpuhost.xdist_hosts import HostGroupScheduling
+        from pytest_gpuhost.hosts.scheduler import HostGroupScheduling
 
         return HostGroupScheduling(config, log, [h.name for h in self.hosts])
 
@@ -400,7 +398,7 @@ class GpuhostSession:
 
     def image_settings(self) -> tuple[Settings, list[str]]:
         """The settings with the images chosen for the drivers (``image_session``), and why."""
-        from pytest_gpuhost.image_session import resolved
+        from pytest_gpuhost.docker.image_session import resolved
 
         self.gather_all()
         return resolved(self.config, self.settings, [self.facts_for(h.name) for h in self.hosts])
@@ -507,7 +505,7 @@ class GpuhostSession:
         A fleet run first gathers every host's session facts the selected checks need, all hosts at
         once (``prefetch``), so that hosts checked one after the other wait on no round trip."""
         if self.fleet and len(self.hosts) > 1 and not hasattr(self.config, "workerinput"):
-            from pytest_gpuhost import prefetch
+            from pytest_gpuhost.hosts import prefetch
 
             if not session.config.option.collectonly:
                 prefetch.warm(self.config, prefetch.plan(session.items, self.target_of))
@@ -585,7 +583,7 @@ class GpuhostSession:
 
     def _fleet_table(self, terminalreporter: pytest.TerminalReporter) -> None:
         """Hosts by check groups, passed/failed/skipped per cell, from the JSON report's results."""
-        from pytest_gpuhost.report_json import PLUGIN_NAME, JsonReport, summarize
+        from pytest_gpuhost.reporting.json_report import PLUGIN_NAME, JsonReport, summarize
 
         plugin = self.config.pluginmanager.get_plugin(PLUGIN_NAME)
         if not isinstance(plugin, JsonReport):

@@ -12,8 +12,8 @@ from pytest_gpuhost.diagnosis import Diagnosis, fail
 from pytest_gpuhost.facts.health import read_live
 from pytest_gpuhost.facts.model import GpuInfo
 from pytest_gpuhost.facts.nvml import load_pynvml
+from pytest_gpuhost.fixtures.hardware import AllReduceRun, MemoryRuns, P2PRun, profile_for
 from pytest_gpuhost.hardware import allreduce, memory, nvlink, p2p
-from pytest_gpuhost.hardware_fixtures import AllReduceRun, MemoryRuns, P2PRun, profile_for
 from pytest_gpuhost.profiles import ProfileSet
 from pytest_gpuhost.session import SESSION_KEY
 from pytest_gpuhost.timeouts import call_with_timeout

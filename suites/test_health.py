@@ -1,6 +1,6 @@
 """GPU health: memory errors, Xid events, PCIe link, clocks, MIG, NVLink fabric, image CUDA requirement.
 
-Each check is a small test over facts read once per session (``pytest_gpuhost.health_fixtures``);
+Each check is a small test over facts read once per session (``pytest_gpuhost.fixtures.health``);
 the criteria live in ``pytest_gpuhost.facts.health``. A field the GPU does not support skips its
 check as not applicable. Every check prints ``gpuhost.metric key=value`` lines of what it read.
 """
@@ -38,7 +38,7 @@ from pytest_gpuhost.facts.health import (
     judge_xids,
 )
 from pytest_gpuhost.facts.model import GpuInfo, HostFacts
-from pytest_gpuhost.health_fixtures import LiveSampler, configured_images, inspect_image_env
+from pytest_gpuhost.fixtures.health import LiveSampler, configured_images, inspect_image_env
 from pytest_gpuhost.settings import Settings
 
 if TYPE_CHECKING:

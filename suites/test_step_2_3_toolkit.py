@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import pytest
 
-from pytest_gpuhost.containers import ALL_GPUS, ContainerFailure, Containers, diagnose_output
 from pytest_gpuhost.diagnosis import Diagnosis, fail, warn
+from pytest_gpuhost.docker.containers import ALL_GPUS, ContainerFailure, Containers, diagnose_output
 from pytest_gpuhost.facts.daemon_reload import (
     daemon_reload_problem,
     read_dev_char,
@@ -38,8 +38,8 @@ from pytest_gpuhost.facts.toolkit_pitfalls import (
     gpus_under_runc_problem,
     hook_path_problem,
 )
-from pytest_gpuhost.host import Host
-from pytest_gpuhost.remote import is_remote
+from pytest_gpuhost.hosts.host import Host
+from pytest_gpuhost.hosts.remote import is_remote
 from pytest_gpuhost.settings import Settings
 
 pytestmark = pytest.mark.quick

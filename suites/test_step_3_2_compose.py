@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_gpuhost.compose import (
+from pytest_gpuhost.diagnosis import Diagnosis, fail
+from pytest_gpuhost.docker.compose import (
     detect_compose,
     diagnose_compose_failure,
     example_compose,
@@ -16,11 +17,10 @@ from pytest_gpuhost.compose import (
     up_and_down,
     validate_compose_file,
 )
-from pytest_gpuhost.containers import ContainerFailure, ensure_image
-from pytest_gpuhost.diagnosis import Diagnosis, fail
-from pytest_gpuhost.docker_fixtures import DockerConnection
+from pytest_gpuhost.docker.containers import ContainerFailure, ensure_image
 from pytest_gpuhost.facts.model import HostFacts
-from pytest_gpuhost.host import Host
+from pytest_gpuhost.fixtures.docker import DockerConnection
+from pytest_gpuhost.hosts.host import Host
 from pytest_gpuhost.settings import Settings
 
 CHECK_VALID = "test_compose_gpu_reservations_valid"

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_gpuhost.container_fixtures import GpuContainerProbe
-from pytest_gpuhost.containers import ALL_GPUS, ContainerFailure, Containers
+from pytest_gpuhost.compute.runner import last_json_object, workload_command, workload_files
 from pytest_gpuhost.diagnosis import fail
+from pytest_gpuhost.docker.containers import ALL_GPUS, ContainerFailure, Containers
 from pytest_gpuhost.facts.model import HostFacts
+from pytest_gpuhost.fixtures.containers import GpuContainerProbe
+from pytest_gpuhost.fixtures.workloads import WorkloadImage
 from pytest_gpuhost.settings import Settings
-from pytest_gpuhost.workload_fixtures import WorkloadImage
-from pytest_gpuhost.workload_runner import last_json_object, workload_command, workload_files
 
 pytestmark = [pytest.mark.container, pytest.mark.gpuhost_needs("gpu_listing")]
 

@@ -5,15 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_gpuhost.container_fixtures import (
-    SMI_QUERY,
-    GpuContainerProbe,
-    container_timeout,
-    parse_smi_csv,
-    smi_result_diagnosis,
-)
-from pytest_gpuhost.containers import ALL_GPUS, ContainerFailure, Containers
 from pytest_gpuhost.diagnosis import Diagnosis, fail, warn
+from pytest_gpuhost.docker.containers import ALL_GPUS, ContainerFailure, Containers
 from pytest_gpuhost.facts.model import HostFacts
 from pytest_gpuhost.facts.runtimes import (
     DEFAULT_LIMITS,
@@ -27,7 +20,14 @@ from pytest_gpuhost.facts.runtimes import (
     split_sections,
 )
 from pytest_gpuhost.facts.toolkit import ToolkitFacts
-from pytest_gpuhost.runtime_fixtures import CHECK_DEFAULTS, DefaultsProbe
+from pytest_gpuhost.fixtures.containers import (
+    SMI_QUERY,
+    GpuContainerProbe,
+    container_timeout,
+    parse_smi_csv,
+    smi_result_diagnosis,
+)
+from pytest_gpuhost.fixtures.runtimes import CHECK_DEFAULTS, DefaultsProbe
 from pytest_gpuhost.settings import Settings
 
 pytestmark = pytest.mark.container

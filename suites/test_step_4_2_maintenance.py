@@ -12,14 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_gpuhost.advisories import AdvisoryTable, AdvisoryTableError, load_table
-from pytest_gpuhost.diagnosis import fail, report_verdict
-from pytest_gpuhost.facts.docker_engine import EngineFacts
-from pytest_gpuhost.facts.maintenance import ModuleFacts, RebootFacts, read_modules, read_reboot
-from pytest_gpuhost.facts.model import HostFacts
-from pytest_gpuhost.facts.toolkit import ToolkitFacts
-from pytest_gpuhost.host import Host
-from pytest_gpuhost.maintenance_criteria import (
+from pytest_gpuhost.criteria.advisories import AdvisoryTable, AdvisoryTableError, load_table
+from pytest_gpuhost.criteria.maintenance import (
     CHECK_TABLE,
     judge_docker,
     judge_driver,
@@ -28,6 +22,12 @@ from pytest_gpuhost.maintenance_criteria import (
     judge_table,
     judge_toolkit,
 )
+from pytest_gpuhost.diagnosis import fail, report_verdict
+from pytest_gpuhost.facts.docker_engine import EngineFacts
+from pytest_gpuhost.facts.maintenance import ModuleFacts, RebootFacts, read_modules, read_reboot
+from pytest_gpuhost.facts.model import HostFacts
+from pytest_gpuhost.facts.toolkit import ToolkitFacts
+from pytest_gpuhost.hosts.host import Host
 from pytest_gpuhost.settings import Settings
 
 pytestmark = pytest.mark.quick

@@ -11,7 +11,7 @@ import pytest
 
 from pytest_gpuhost.diagnosis import fail
 from pytest_gpuhost.facts.model import GpuInfo
-from pytest_gpuhost.stray_load import StraySurvey
+from pytest_gpuhost.fixtures.stray_load import StraySurvey
 
 pytestmark = [pytest.mark.quick, pytest.mark.gpuhost_needs("gpu_listing")]
 

@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_gpuhost.baseline import BaselineError, compare, load_baseline, profile_tolerances, scope_profiles
 from pytest_gpuhost.diagnosis import fail, warn
 from pytest_gpuhost.profiles import ProfileSet
-from pytest_gpuhost.report_json import JsonReport
+from pytest_gpuhost.reporting.baseline import (
+    BaselineError,
+    compare,
+    load_baseline,
+    profile_tolerances,
+    scope_profiles,
+)
+from pytest_gpuhost.reporting.json_report import JsonReport
 
 pytestmark = pytest.mark.quick
 

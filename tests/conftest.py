@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from pytest_gpuhost.host import LocalHost
+from pytest_gpuhost.hosts.host import LocalHost
 
 TESTS = Path(__file__).resolve().parent
 DATA = TESTS / "data"
@@ -208,7 +208,7 @@ def build_driver_tree(
 _HOST_CONFTEST = """
 import os
 
-from pytest_gpuhost.host import LocalHost
+from pytest_gpuhost.hosts.host import LocalHost
 
 
 def pytest_gpuhost_make_host(config):

@@ -154,5 +154,5 @@ def run_suite(pytester: pytest.Pytester, *suites: str, args: tuple[str, ...] = (
     for name in suites:
         (pytester.path / name).write_text((SUITES / name).read_text())
     return pytester.runpytest(
-        "--gpuhost", "-p", "pytest_gpuhost.docker_fixtures", "-p", "no:cacheprovider", "-rA", *args, *suites
+        "--gpuhost", "-p", "pytest_gpuhost.fixtures.docker", "-p", "no:cacheprovider", "-rA", *args, *suites
     )

@@ -15,8 +15,8 @@ OPTION_FLAGS = {spec.flag for spec in OPTIONS}
 REGISTER = """
 
 def pytest_sessionstart(session):
-    from pytest_gpuhost import report_fixtures
-    from pytest_gpuhost.report_json import PLUGIN_NAME, JsonReport, inventory_from_facts
+    from pytest_gpuhost.fixtures import report as report_fixtures
+    from pytest_gpuhost.reporting.json_report import PLUGIN_NAME, JsonReport, inventory_from_facts
     from pytest_gpuhost.session import SESSION_KEY
 
     config = session.config

@@ -18,7 +18,8 @@ from test_health import XID_79, health_host, healthy_log
 from test_report_json import validate
 
 from conftest import GpuhostPytester
-from pytest_gpuhost.actions import (
+from pytest_gpuhost.diagnosis import Diagnosis
+from pytest_gpuhost.reporting.actions import (
     ACTIONS,
     DEFAULT_FAILURE,
     DEFAULT_WARNING,
@@ -32,10 +33,9 @@ from pytest_gpuhost.actions import (
     summary_line,
     xid_codes,
 )
-from pytest_gpuhost.checkdocs import collect_checks
-from pytest_gpuhost.diagnosis import Diagnosis
-from pytest_gpuhost.prometheus import render, write_textfile
-from pytest_gpuhost.report_json import parse_diagnosis
+from pytest_gpuhost.reporting.json_report import parse_diagnosis
+from pytest_gpuhost.reporting.prometheus import render, write_textfile
+from tools.checkdocs import collect_checks
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKS = collect_checks()
@@ -47,7 +47,7 @@ CHECKS = collect_checks()
 @pytest.mark.parametrize("check", CHECKS, ids=[c.name for c in CHECKS])
 def test_every_check_of_the_suite_has_a_row_and_every_diagnosis_an_action(check: Any) -> None:
     """Walks the shipped suite: a check added without a row in actions.RULES fails here."""
-    assert check_rules(check.name), f"no row for {check.name} in pytest_gpuhost.actions.RULES"
+    assert check_rules(check.name), f"no row for {check.name} in pytest_gpuhost.reporting.actions.RULES"
     for diagnosis in check.diagnoses:
         warning = diagnosis.level == "warn"
         action, rule = action_for(check.name, diagnosis.found, diagnosis.cause, warning=warning)
@@ -152,7 +152,7 @@ def broken_run(gpuhost_pytester: GpuhostPytester, tmp_path: Path) -> tuple[pytes
     # As test_health runs the suite, without -s: the measured figures come from captured output.
     result = gpuhost_pytester.run_plain(
         "-p",
-        "pytest_gpuhost.health_fixtures",
+        "pytest_gpuhost.fixtures.health",
         "--gpuhost-tier",
         "quick",
         "-k",
@@ -272,7 +272,7 @@ def test_xunit2_keeps_the_jenkins_schema_and_names_actions_in_the_suite(
     health_host(gpuhost_pytester, healthy_log("h100"), nvml_edit=remap_failed)
     junit = tmp_path / "junit.xml"
     gpuhost_pytester.run_plain(
-        "-p", "pytest_gpuhost.health_fixtures", "--gpuhost-tier", "quick", "-k", "test_health",
+        "-p", "pytest_gpuhost.fixtures.health", "--gpuhost-tier", "quick", "-k", "test_health",
         "--gpuhost-image", "gpuhost-test-health-absent:0", f"--junitxml={junit}",
     )  # fmt: skip
     xmlschema.XMLSchema(str(DATA / "junit-10.xsd")).validate(str(junit))

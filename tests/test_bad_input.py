@@ -22,8 +22,13 @@ from typing import Any, ClassVar
 import pytest
 
 from conftest import GpuhostPytester
-from pytest_gpuhost.baseline import BaselineError, baseline_schema_path, load_baseline, make_baseline
-from pytest_gpuhost.merge import main as merge_main
+from pytest_gpuhost.reporting.baseline import (
+    BaselineError,
+    baseline_schema_path,
+    load_baseline,
+    make_baseline,
+)
+from pytest_gpuhost.reporting.merge import main as merge_main
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -13,7 +13,8 @@ import pytest
 from report_support import REGISTER, report_args, set_report_env
 
 from conftest import GpuhostPytester
-from pytest_gpuhost.baseline import (
+from pytest_gpuhost.profiles import load_profiles
+from pytest_gpuhost.reporting.baseline import (
     BASELINE_SCHEMA,
     BaselineError,
     Finding,
@@ -26,7 +27,6 @@ from pytest_gpuhost.baseline import (
     scope_profiles,
     split_key,
 )
-from pytest_gpuhost.profiles import load_profiles
 
 SUITE = Path(__file__).resolve().parent.parent / "suites" / "test_zz_baseline.py"
 MATMUL = "gpu0/test_matmul[dtype=bfloat16]/matmul.tflops"

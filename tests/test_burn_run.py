@@ -18,8 +18,8 @@ from pytest_gpuhost.burn import run as burn_run
 from pytest_gpuhost.burn import workload
 from pytest_gpuhost.burn.guard import TemperatureGuard
 from pytest_gpuhost.burn.model import Sample
-from pytest_gpuhost.containers import ContainerFailure
 from pytest_gpuhost.diagnosis import Diagnosis
+from pytest_gpuhost.docker.containers import ContainerFailure
 from pytest_gpuhost.facts.model import GpuInfo
 
 DATA = Path(__file__).parent / "data"

@@ -1,7 +1,7 @@
 """The per-check pages in docs/checks are generated from the suite's source and must stay current.
 
 A check without a docstring, or a page that no longer matches its check, fails here; the fix is
-``python -m pytest_gpuhost.checkdocs docs/checks``.
+``python -m tools.checkdocs docs/checks``.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from pytest_gpuhost import checkdocs
-from pytest_gpuhost.checkdocs import CheckDoc, collect_checks, missing_docstrings, render_all, stale_pages
+from tools import checkdocs
+from tools.checkdocs import CheckDoc, collect_checks, missing_docstrings, render_all, stale_pages
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 CHECK_DOCS = DOCS / "checks"
-REGENERATE = "regenerate with: python -m pytest_gpuhost.checkdocs docs/checks"
+REGENERATE = "regenerate with: python -m tools.checkdocs docs/checks"
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import docker
 import pytest
 from dockerlab import busybox_image, client_or_skip, run_suite
 
-from pytest_gpuhost.compose import (
+from pytest_gpuhost.docker.compose import (
     PROJECT_LABEL,
     ComposeCommand,
     ComposeProblem,
@@ -27,7 +27,7 @@ from pytest_gpuhost.compose import (
 )
 from pytest_gpuhost.facts.model import GpuInfo
 from pytest_gpuhost.facts.toolkit import load_yaml_module
-from pytest_gpuhost.host import LocalHost
+from pytest_gpuhost.hosts.host import LocalHost
 from pytest_gpuhost.options import DEFAULT_IMAGE
 
 DATA = Path(__file__).parent / "data" / "compose"
@@ -282,7 +282,7 @@ def test_container_check_on_a_host_without_toolkit(
     file = write_compose(tmp_path, image, "true", gpu=True)
     pytester.makeconftest(
         f"""
-from pytest_gpuhost.host import LocalHost
+from pytest_gpuhost.hosts.host import LocalHost
 
 def pytest_gpuhost_make_host(config):
     return LocalHost(root={str(root)!r}, env={{"PATH": {str(root / "bin") + ":/usr/local/bin:/usr/bin:/bin"!r}}})

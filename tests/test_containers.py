@@ -16,7 +16,7 @@ import docker
 import pytest
 from docker_support import busybox_image, docker_client_or_skip
 
-from pytest_gpuhost.containers import (
+from pytest_gpuhost.docker.containers import (
     ALL_GPUS,
     LABEL_CHECK,
     LABEL_HOSTNAME,
@@ -31,7 +31,7 @@ from pytest_gpuhost.containers import (
     sweep,
 )
 from pytest_gpuhost.facts.model import GpuInfo
-from pytest_gpuhost.host import LocalHost
+from pytest_gpuhost.hosts.host import LocalHost
 
 H100 = GpuInfo(
     index=0, uuid="GPU-042f1913-64c6-43ac-27c6-466e2d9041b0", name="NVIDIA H100", pci_bus_id="0000:00:06.0"
@@ -208,7 +208,7 @@ def test_sweep_removes_leftovers_of_dead_sessions_only(client: docker.DockerClie
 
 LONG_RUNNING_TEST = """
 import time
-from pytest_gpuhost.containers import NO_GPUS
+from pytest_gpuhost.docker.containers import NO_GPUS
 
 def test_long(gpuhost_containers):
     with gpuhost_containers.started({image!r}, ["sleep", "300"], check={check!r}, gpus=NO_GPUS):

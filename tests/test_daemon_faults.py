@@ -23,15 +23,15 @@ import pytest
 from dockerlab import SecondDaemon, busybox_image, busybox_rootfs_tar, run_suite, second_dockerd
 from faultproxy import Rule, fault_proxy
 
-from pytest_gpuhost.compose import PROJECT_LABEL, host_tag, sweep_projects
-from pytest_gpuhost.containers import LABEL_HOSTNAME, LABEL_OWNER, LABEL_PID, LABEL_SESSION, sweep
+from pytest_gpuhost.docker.compose import PROJECT_LABEL, host_tag, sweep_projects
+from pytest_gpuhost.docker.containers import LABEL_HOSTNAME, LABEL_OWNER, LABEL_PID, LABEL_SESSION, sweep
 
 SUITE = "test_step_2_2_docker.py"
 NOISE = ("Traceback", "urllib3", "requests.exceptions", "INTERNALERROR", "ReadTimeout(", "During handling")
 
 # One check that waits on a container, and checks after it that need no daemon at all.
 CONTAINER_CHECKS = """
-from pytest_gpuhost.containers import NO_GPUS
+from pytest_gpuhost.docker.containers import NO_GPUS
 
 def test_a_container(gpuhost_containers):
     result = gpuhost_containers.run({image!r}, ["sleep", "20"], check={check!r}, timeout={wait}, gpus=NO_GPUS)

@@ -19,7 +19,7 @@ import pytest
 from dockerlab import client_or_skip, run_suite, second_dockerd
 
 from conftest import LocalAsRemote
-from pytest_gpuhost.docker_client import Endpoint, diagnose_permission
+from pytest_gpuhost.docker.client import Endpoint, diagnose_permission
 from pytest_gpuhost.facts.docker_engine import (
     EngineFacts,
     SocketInfo,
@@ -37,7 +37,7 @@ from pytest_gpuhost.facts.toolkit import (
     ToolkitFacts,
     daemon_reload_risk,
 )
-from pytest_gpuhost.host import LocalHost
+from pytest_gpuhost.hosts.host import LocalHost
 
 DATA = Path(__file__).parent / "data"
 SUITE = "test_step_2_2_docker.py"
@@ -239,7 +239,7 @@ def test_broken_daemon_json_is_named_when_the_daemon_is_down(
     )
     pytester.makeconftest(
         f"""
-from pytest_gpuhost.host import LocalHost
+from pytest_gpuhost.hosts.host import LocalHost
 
 def pytest_gpuhost_make_host(config):
     return LocalHost(root={str(root)!r})
@@ -362,7 +362,7 @@ def test_user_outside_docker_group_gets_a_diagnosis(
             "pytest",
             "--gpuhost",
             "-p",
-            "pytest_gpuhost.docker_fixtures",
+            "pytest_gpuhost.fixtures.docker",
             "-p",
             "no:cacheprovider",
             "-q",

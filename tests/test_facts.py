@@ -38,7 +38,7 @@ from pytest_gpuhost.facts.model import GpuInfo, KernelFacts, PciGpu, normalize_p
 from pytest_gpuhost.facts.nvml import read_nvml
 from pytest_gpuhost.facts.smi import classify_smi_failure, parse_smi_xml, read_smi
 from pytest_gpuhost.facts.system import gather_kernel, parse_module_version, scan_pci
-from pytest_gpuhost.host import LocalHost
+from pytest_gpuhost.hosts.host import LocalHost
 from pytest_gpuhost.timeouts import NativeCallTimeout, call_with_timeout
 
 MIB = 1024 * 1024

@@ -22,17 +22,17 @@ from docker_support import busybox_image, docker_client_or_skip
 from sshd_support import SshLab, sshd_or_skip
 
 from conftest import GpuhostPytester
-from pytest_gpuhost.docker_tunnel import (
+from pytest_gpuhost.hosts.host import CommandResult
+from pytest_gpuhost.hosts.remote import TestinfraHost, diagnose_connection
+from pytest_gpuhost.hosts.scheduler import host_in_nodeid
+from pytest_gpuhost.hosts.tunnel import (
     DockerTunnel,
     TunnelError,
     diagnose_remote_socket,
     remove_stale_tunnels,
     ssh_base_argv,
 )
-from pytest_gpuhost.host import CommandResult
-from pytest_gpuhost.remote import TestinfraHost, diagnose_connection
 from pytest_gpuhost.session import render_fleet_table
-from pytest_gpuhost.xdist_hosts import host_in_nodeid
 
 FLEET_CHECKS = "test_fleet or test_step_1_1_hardware or test_step_2_1_driver or test_daemon_json_parses"
 NO_GPU = "no NVIDIA GPU"
@@ -429,8 +429,8 @@ def test_a_tunnel_that_cannot_connect_is_an_ssh_diagnosis(lab: SshLab) -> None:
 
 TUNNEL_CHILD = """
 import sys, time
-from pytest_gpuhost.docker_tunnel import DockerTunnel
-from pytest_gpuhost.host import LocalHost
+from pytest_gpuhost.hosts.tunnel import DockerTunnel
+from pytest_gpuhost.hosts.host import LocalHost
 
 tunnel = DockerTunnel(LocalHost(name="node1"), ["ssh", "-F", sys.argv[1], "node1"], "/var/run/docker.sock")
 tunnel.open(timeout=10)

@@ -73,8 +73,8 @@ from pytest_gpuhost.facts.health import (
     summarize_clocks,
 )
 from pytest_gpuhost.facts.model import GpuInfo
-from pytest_gpuhost.health_fixtures import inspect_image_env
-from pytest_gpuhost.host import CommandResult, LocalHost
+from pytest_gpuhost.fixtures.health import inspect_image_env
+from pytest_gpuhost.hosts.host import CommandResult, LocalHost
 
 H100 = GpuInfo(0, "GPU-042f1913-64c6-43ac-27c6-466e2d9041b0", "NVIDIA H100 80GB HBM3", "0000:00:06.0")
 H200_1 = GpuInfo(1, "GPU-1b94c864-4a5c-bea0-af8d-f4521d70170a", "NVIDIA H200", "0000:00:07.0")
@@ -1059,7 +1059,7 @@ def health_host(gp: GpuhostPytester, kernel_log: str | None, **setup: Any) -> No
 def run_health(gp: GpuhostPytester, *args: str) -> pytest.RunResult:
     return gp.run_plain(
         "-p",
-        "pytest_gpuhost.health_fixtures",
+        "pytest_gpuhost.fixtures.health",
         "--gpuhost-tier",
         "quick",
         "-k",

@@ -19,8 +19,8 @@ from docker_support import busybox_image, docker_client_or_skip
 from registry_support import Registry, loopback_registry, push_image, remove_image
 
 from conftest import GpuhostPytester
-from pytest_gpuhost import image_table
-from pytest_gpuhost.images import ImageUnavailable, PullProgress, image_present, pull_image
+from pytest_gpuhost.docker import image_table
+from pytest_gpuhost.docker.images import ImageUnavailable, PullProgress, image_present, pull_image
 
 DRIVERS = {  # driver version: the CUDA version it reports (NVIDIA's table)
     "535.183.01": "12.2",
@@ -266,7 +266,7 @@ _WORKING_GPU_CONTAINERS = """
 
 import pytest
 
-from pytest_gpuhost.container_fixtures import GpuContainerProbe
+from pytest_gpuhost.fixtures.containers import GpuContainerProbe
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ import pytest
 from dockerlab import busybox_image, client_or_skip
 
 from conftest import GpuhostPytester
-from pytest_gpuhost.images import (
+from pytest_gpuhost.docker.images import (
     LABEL_DOCKERFILE,
     LABEL_OWNER,
     REPOSITORY,
@@ -233,7 +233,7 @@ def test_probe_with_a_broken_torch(tmp_path: Path) -> None:
 def test_a_build_shows_its_steps(
     client: docker.DockerClient, base: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pytest_gpuhost import images
+    from pytest_gpuhost.docker import images
 
     lines: list[tuple[str, bool]] = []
     monkeypatch.setattr(

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from docker_support import busybox_image, docker_client_or_skip
 
-from pytest_gpuhost.workload_runner import lifeline_path
+from pytest_gpuhost.compute.runner import lifeline_path
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST_PYTHON = "/usr/bin/python3"
@@ -48,9 +48,9 @@ from pathlib import Path
 
 import docker
 
-from pytest_gpuhost.containers import Containers
-from pytest_gpuhost.host import LocalHost
-from pytest_gpuhost.workload_runner import LIFELINE_SCRIPT, MOUNT_POINT, started_workload, with_lifeline
+from pytest_gpuhost.docker.containers import Containers
+from pytest_gpuhost.hosts.host import LocalHost
+from pytest_gpuhost.compute.runner import LIFELINE_SCRIPT, MOUNT_POINT, started_workload, with_lifeline
 
 VOLUMES = {"/usr": {"bind": "/usr", "mode": "ro"}, "/usr/lib": {"bind": "/lib", "mode": "ro"},
            "/usr/lib64": {"bind": "/lib64", "mode": "ro"}}
@@ -200,10 +200,10 @@ def test_a_signal_to_the_watchdog_reaches_the_workload() -> None:
 REMOTE_RUNNER = """
 import sys
 import docker
-from pytest_gpuhost.containers import Containers
-from pytest_gpuhost.docker_tunnel import DockerTunnel
-from pytest_gpuhost.host import LocalHost
-from pytest_gpuhost.workload_runner import LIFELINE_SCRIPT, MOUNT_POINT, started_workload, with_lifeline
+from pytest_gpuhost.docker.containers import Containers
+from pytest_gpuhost.hosts.tunnel import DockerTunnel
+from pytest_gpuhost.hosts.host import LocalHost
+from pytest_gpuhost.compute.runner import LIFELINE_SCRIPT, MOUNT_POINT, started_workload, with_lifeline
 
 VOLUMES = {"/usr": {"bind": "/usr", "mode": "ro"}, "/usr/lib": {"bind": "/lib", "mode": "ro"},
            "/usr/lib64": {"bind": "/lib64", "mode": "ro"}}

@@ -11,7 +11,7 @@ import pytest
 from docker_support import TEST_IMAGE, busybox_image, docker_client_or_skip
 
 from conftest import GpuhostPytester
-from pytest_gpuhost.containers import LABEL_OWNER, NO_GPUS, Containers
+from pytest_gpuhost.docker.containers import LABEL_OWNER, NO_GPUS, Containers
 from pytest_gpuhost.facts.runtimes import (
     DEFAULTS_SCRIPT,
     GIB,
@@ -34,7 +34,7 @@ from pytest_gpuhost.facts.runtimes import (
     shm_warning,
     split_sections,
 )
-from pytest_gpuhost.host import LocalHost
+from pytest_gpuhost.hosts.host import LocalHost
 
 V2_LIMITED = "/sys/fs/cgroup/cpu.max=100000 100000\n/sys/fs/cgroup/memory.max=268435456\n"
 V2_FREE = "/sys/fs/cgroup/cpu.max=max 100000\n/sys/fs/cgroup/memory.max=max\n"
@@ -248,9 +248,9 @@ def test_suite_warns_on_defaults_and_skips_the_gpu_half(
     (gpuhost_pytester.pytester.path / SUITE.name).write_text(SUITE.read_text())
     result = gpuhost_pytester.run_plain(
         "-p",
-        "pytest_gpuhost.runtime_fixtures",
+        "pytest_gpuhost.fixtures.runtimes",
         "-p",
-        "pytest_gpuhost.docker_fixtures",
+        "pytest_gpuhost.fixtures.docker",
         "--gpuhost-image",
         TEST_IMAGE,
         "--gpuhost-pull",

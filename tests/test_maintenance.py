@@ -21,11 +21,8 @@ from dockerlab import client_or_skip
 from sshd_support import SshLab, sshd_or_skip
 
 from conftest import FAKE_BIN, GpuhostPytester
-from pytest_gpuhost.advisories import AdvisoryTable, AdvisoryTableError, load_table, parse_table
-from pytest_gpuhost.facts.maintenance import ModuleFacts, read_modules, read_reboot
-from pytest_gpuhost.facts.toolkit import TOOLS, ConfigFile, ToolInfo, ToolkitFacts
-from pytest_gpuhost.host import LocalHost
-from pytest_gpuhost.maintenance_criteria import (
+from pytest_gpuhost.criteria.advisories import AdvisoryTable, AdvisoryTableError, load_table, parse_table
+from pytest_gpuhost.criteria.maintenance import (
     judge_docker,
     judge_driver,
     judge_modules,
@@ -33,6 +30,9 @@ from pytest_gpuhost.maintenance_criteria import (
     judge_table,
     judge_toolkit,
 )
+from pytest_gpuhost.facts.maintenance import ModuleFacts, read_modules, read_reboot
+from pytest_gpuhost.facts.toolkit import TOOLS, ConfigFile, ToolInfo, ToolkitFacts
+from pytest_gpuhost.hosts.host import LocalHost
 from pytest_gpuhost.versions import parse_version
 
 if sys.version_info >= (3, 11):

@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 
 from conftest import GpuhostPytester
-from pytest_gpuhost import numerics
-from pytest_gpuhost.workload_fixtures import MATMUL_DTYPES
+from pytest_gpuhost.compute import numerics
+from pytest_gpuhost.fixtures.workloads import MATMUL_DTYPES
 
 SCRIPT = Path(__file__).resolve().parent.parent / "pytest_gpuhost" / "workloads" / "matmul.py"
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -362,8 +362,8 @@ import json
 
 import pytest
 
-from pytest_gpuhost.containers import ContainerResult
-from pytest_gpuhost.workload_runner import WorkloadOutcome
+from pytest_gpuhost.docker.containers import ContainerResult
+from pytest_gpuhost.compute.runner import WorkloadOutcome
 
 
 class _Recorded:

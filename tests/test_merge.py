@@ -1,4 +1,4 @@
-"""``python -m pytest_gpuhost.merge``: per-node JSON and JUnit reports into one fleet report."""
+"""``python -m pytest_gpuhost.reporting.merge``: per-node JSON and JUnit reports into one fleet report."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from junitparser import JUnitXml
 from test_report_json import _node_report
 
 from conftest import GpuhostPytester
-from pytest_gpuhost.merge import main, merge_junit
+from pytest_gpuhost.reporting.merge import main, merge_junit
 
 
 def test_json_reports_merge_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -29,7 +29,14 @@ def test_json_reports_merge_through_the_cli(tmp_path: Path, capsys: pytest.Captu
 def test_cli_refuses_duplicate_hosts_without_a_traceback(tmp_path: Path) -> None:
     node = _node_report(tmp_path, "node-a", "passed")
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest_gpuhost.merge", str(tmp_path / "m.json"), str(node), str(node)],
+        [
+            sys.executable,
+            "-m",
+            "pytest_gpuhost.reporting.merge",
+            str(tmp_path / "m.json"),
+            str(node),
+            str(node),
+        ],
         capture_output=True,
         text=True,
     )

@@ -1,4 +1,4 @@
-"""pytest_gpuhost.numerics: unit roundoffs, the elementwise bound, parsing the record, verdicts."""
+"""pytest_gpuhost.compute.numerics: unit roundoffs, the elementwise bound, parsing the record, verdicts."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from pytest_gpuhost import numerics
-from pytest_gpuhost.numerics import DtypeResult, Element
+from pytest_gpuhost.compute import numerics
+from pytest_gpuhost.compute.numerics import DtypeResult, Element
 
 
 def f32(x: float) -> float:

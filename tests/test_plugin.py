@@ -173,7 +173,7 @@ import sys
 import pytest
 
 rc = pytest.main(sys.argv[1:])
-light = {"pytest_gpuhost", "pytest_gpuhost.plugin", "pytest_gpuhost.options", "pytest_gpuhost.hooks"}
+light = {"pytest_gpuhost", "pytest_gpuhost.plugin", "pytest_gpuhost.options", "pytest_gpuhost.hookspecs"}
 heavy = sorted(
     m for m in sys.modules
     if m in ("docker", "pynvml") or m.startswith(("docker.", "pytest_gpuhost.")) and m not in light

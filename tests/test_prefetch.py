@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pytest_gpuhost import prefetch
+from pytest_gpuhost.hosts import prefetch
 
 
 class FakeConfig:

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from pytest_gpuhost import report_html
+from pytest_gpuhost.reporting import html_report as report_html
 
 CONFTEST = """
-from pytest_gpuhost import report_html
+from pytest_gpuhost.reporting import html_report as report_html
 
 def pytest_configure(config):
     config.gpuhost_html_registered = report_html.register(config)
@@ -103,7 +103,7 @@ def test_inert_when_pytest_html_cannot_be_imported(monkeypatch: pytest.MonkeyPat
 
 
 def test_importing_does_not_import_pytest_html() -> None:
-    code = "import sys, pytest_gpuhost.report_html; print('pytest_html' in sys.modules)"
+    code = "import sys, pytest_gpuhost.reporting.html_report; print('pytest_html' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

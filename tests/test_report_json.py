@@ -14,7 +14,7 @@ import pytest
 from report_support import REGISTER, report_args, set_report_env
 
 from conftest import FAKES, GpuhostPytester, load_nvml_dump
-from pytest_gpuhost.report_json import (
+from pytest_gpuhost.reporting.json_report import (
     OUTCOMES,
     SCHEMA,
     JsonReport,

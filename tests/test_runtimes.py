@@ -22,8 +22,7 @@ from docker_support import TEST_IMAGE, busybox_image, docker_client_or_skip
 from dockerlab import busybox_rootfs_tar
 
 from conftest import GpuhostPytester
-from pytest_gpuhost.container_fixtures import SMI_QUERY, parse_smi_csv
-from pytest_gpuhost.containers import session_labels
+from pytest_gpuhost.docker.containers import session_labels
 from pytest_gpuhost.facts.docker_engine import EngineFacts, SocketInfo, gather_engine, parse_engine
 from pytest_gpuhost.facts.model import GpuInfo
 from pytest_gpuhost.facts.runtimes import (
@@ -40,7 +39,8 @@ from pytest_gpuhost.facts.runtimes import (
     run_enroot,
     run_podman,
 )
-from pytest_gpuhost.host import DEFAULT_COMMAND_TIMEOUT, CommandResult, LocalHost
+from pytest_gpuhost.fixtures.containers import SMI_QUERY, parse_smi_csv
+from pytest_gpuhost.hosts.host import DEFAULT_COMMAND_TIMEOUT, CommandResult, LocalHost
 
 H100 = GpuInfo(
     index=0,
@@ -471,9 +471,9 @@ esac
 def suite_args(*args: str) -> tuple[str, ...]:
     return (
         "-p",
-        "pytest_gpuhost.runtime_fixtures",
+        "pytest_gpuhost.fixtures.runtimes",
         "-p",
-        "pytest_gpuhost.docker_fixtures",
+        "pytest_gpuhost.fixtures.docker",
         "-rs",
         "-s",
         *args,

@@ -15,7 +15,7 @@ from pytest_gpuhost.burn.guard import TemperatureGuard
 from pytest_gpuhost.burn.sampler import Sampler, SamplerError
 from pytest_gpuhost.burn.smi_stream import EVENT_FIELDS, NVMLError, SmiStream, event_field
 from pytest_gpuhost.facts.model import GpuInfo
-from pytest_gpuhost.host import CommandResult
+from pytest_gpuhost.hosts.host import CommandResult
 
 DATA = Path(__file__).parent / "data" / "h100"
 H100 = GpuInfo(0, "GPU-cd734635-2a69-f228-ce40-de4cc39e941f", "NVIDIA H100 80GB HBM3", "00000000:00:06.0")

@@ -16,9 +16,15 @@ from docker_support import busybox_image, docker_client_or_skip
 
 from conftest import GpuhostPytester
 from pytest_gpuhost.burn.criteria import CRITERIA
-from pytest_gpuhost.containers import LABEL_CHECK, LABEL_HOSTNAME, LABEL_OWNER, LABEL_PID, LABEL_SESSION
+from pytest_gpuhost.docker.containers import (
+    LABEL_CHECK,
+    LABEL_HOSTNAME,
+    LABEL_OWNER,
+    LABEL_PID,
+    LABEL_SESSION,
+)
 from pytest_gpuhost.facts.model import GpuInfo
-from pytest_gpuhost.stray_load import GpuActivity, GpuProcess, StraySurvey
+from pytest_gpuhost.fixtures.stray_load import GpuActivity, GpuProcess, StraySurvey
 
 CHECKS = "test_no_stray_load or test_pcie_link or test_no_clock_slowdown"
 CONTAINER = "4f" * 32
@@ -120,7 +126,7 @@ def test_this_runs_own_load_is_not_a_stranger(monkeypatch: pytest.MonkeyPatch) -
     """Another pytest-xdist worker of this run (same controller) burns: not stray load."""
     import os
 
-    from pytest_gpuhost.stray_load import is_sibling
+    from pytest_gpuhost.fixtures.stray_load import is_sibling
 
     me = {LABEL_OWNER: "1", LABEL_HOSTNAME: socket.gethostname(), LABEL_PID: str(os.getpid())}
     assert is_sibling(me)
@@ -152,7 +158,7 @@ def test_no_burn_is_stacked_on_a_busy_gpu(gpuhost_pytester: GpuhostPytester) -> 
 
 def _readings(monkeypatch: pytest.MonkeyPatch, *utilisations: float) -> list[int]:
     """``read_activity_smi`` answers these utilisations one after the other (no process runs)."""
-    from pytest_gpuhost import stray_load
+    from pytest_gpuhost.fixtures import stray_load
 
     calls: list[int] = []
 
@@ -168,8 +174,8 @@ def _readings(monkeypatch: pytest.MonkeyPatch, *utilisations: float) -> list[int
 
 def test_the_fading_sample_of_a_load_that_just_ended_is_read_again(monkeypatch: pytest.MonkeyPatch) -> None:
     """Seen on an H200: right after another program's load ended, NVML still read 100 % with no process."""
-    from pytest_gpuhost.host import LocalHost
-    from pytest_gpuhost.stray_load import survey
+    from pytest_gpuhost.fixtures.stray_load import survey
+    from pytest_gpuhost.hosts.host import LocalHost
 
     calls = _readings(monkeypatch, 100.0, 0.0)
     result = survey(LocalHost(), [], 5.0, use_nvml=False, client=None)
@@ -180,8 +186,8 @@ def test_the_fading_sample_of_a_load_that_just_ended_is_read_again(monkeypatch: 
 def test_a_load_that_stays_busy_without_a_visible_process_is_still_busy(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from pytest_gpuhost.host import LocalHost
-    from pytest_gpuhost.stray_load import STALE_REREADS, survey
+    from pytest_gpuhost.fixtures.stray_load import STALE_REREADS, survey
+    from pytest_gpuhost.hosts.host import LocalHost
 
     calls = _readings(monkeypatch, 100.0)
     result = survey(LocalHost(), [], 5.0, use_nvml=False, client=None)

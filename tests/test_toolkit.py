@@ -36,7 +36,7 @@ from pytest_gpuhost.facts.toolkit import (
     runtime_problem,
     version_skew,
 )
-from pytest_gpuhost.host import LocalHost
+from pytest_gpuhost.hosts.host import LocalHost
 
 DATA = Path(__file__).parent / "data"
 SUITE = "test_step_2_3_toolkit.py"
@@ -343,7 +343,7 @@ def test_two_specs_of_one_kind_warn(tmp_path: Path) -> None:
 def fake_host_conftest(pytester: pytest.Pytester, root: Path, bindir: Path) -> None:
     pytester.makeconftest(
         f"""
-from pytest_gpuhost.host import LocalHost
+from pytest_gpuhost.hosts.host import LocalHost
 
 def pytest_gpuhost_make_host(config):
     return LocalHost(root={str(root)!r}, env={{"PATH": {str(bindir) + ":/usr/bin:/bin"!r}}})

@@ -19,7 +19,7 @@ from toolkit_daemon import (  # noqa: F401  (the fixture)
     toolkit_daemon_fixture,
 )
 
-from pytest_gpuhost.containers import ContainerFailure, Containers, GpuRequest
+from pytest_gpuhost.docker.containers import ContainerFailure, Containers, GpuRequest
 from pytest_gpuhost.facts.docker_engine import gather_engine, version_tuple
 from pytest_gpuhost.facts.toolkit import (
     cdi_driver_problem,
@@ -36,7 +36,7 @@ from pytest_gpuhost.facts.toolkit_pitfalls import (
     gpus_under_runc_problem,
     hook_path_problem,
 )
-from pytest_gpuhost.host import LocalHost
+from pytest_gpuhost.hosts.host import LocalHost
 
 SUITE = "test_step_2_3_toolkit.py"
 PROBE = ["sh", "-c", "ls /dev | grep nvidia; nvidia-smi -L"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_gpuhost.containers import diagnose_daemon_error
+from pytest_gpuhost.docker.containers import diagnose_daemon_error
 from pytest_gpuhost.facts import toolkit as toolkit_module
 from pytest_gpuhost.facts.daemon_reload import (
     CREATE_LINKS,
@@ -28,7 +28,7 @@ from pytest_gpuhost.facts.toolkit_pitfalls import (
     gpus_under_runc_problem,
     hook_path_problem,
 )
-from pytest_gpuhost.host import LocalHost
+from pytest_gpuhost.hosts.host import LocalHost
 
 DATA = Path(__file__).parent / "data"
 ERRORS = DATA / "toolkit-1.20" / "errors"
@@ -225,7 +225,7 @@ def test_reload_only_where_it_can_run() -> None:
 )
 def test_example_compose_files_reserve_gpus(name: str, count: object) -> None:
     """The device run's step 3.2 uses these two: one reserves every GPU, one reserves one."""
-    from pytest_gpuhost.compose import validate_compose_file
+    from pytest_gpuhost.docker.compose import validate_compose_file
 
     reservations, problems = validate_compose_file(str(Path(__file__).parent.parent / "examples" / name))
     assert problems == [] and len(reservations) == 1

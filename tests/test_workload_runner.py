@@ -6,10 +6,7 @@ import docker
 import pytest
 from docker_support import busybox_image, docker_client_or_skip
 
-from pytest_gpuhost.containers import NO_GPUS, ContainerFailure, ContainerResult, Containers
-from pytest_gpuhost.host import LocalHost
-from pytest_gpuhost.settings import Settings
-from pytest_gpuhost.workload_runner import (
+from pytest_gpuhost.compute.runner import (
     MOUNT_POINT,
     WORKLOADS_DIR,
     diagnose_workload,
@@ -17,6 +14,9 @@ from pytest_gpuhost.workload_runner import (
     run_workload,
     workload_files,
 )
+from pytest_gpuhost.docker.containers import NO_GPUS, ContainerFailure, ContainerResult, Containers
+from pytest_gpuhost.hosts.host import LocalHost
+from pytest_gpuhost.settings import Settings
 
 
 @pytest.fixture(scope="module")

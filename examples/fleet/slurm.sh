@@ -23,8 +23,8 @@ srun --kill-on-bad-exit=0 bash -c '
   exit 0
 '
 
-python3 -m pytest_gpuhost.merge "$out/fleet.json" $(ls "$out"/*.json | grep -v '/fleet.json$')
-python3 -m pytest_gpuhost.merge "$out/fleet.xml" $(ls "$out"/*.xml | grep -v '/fleet.xml$')
+python3 -m pytest_gpuhost.reporting.merge "$out/fleet.json" $(ls "$out"/*.json | grep -v '/fleet.json$')
+python3 -m pytest_gpuhost.reporting.merge "$out/fleet.xml" $(ls "$out"/*.xml | grep -v '/fleet.xml$')
 # A failed check anywhere fails the job, like a single node's run.
 python3 - "$out/fleet.json" <<'PY'
 import json, sys

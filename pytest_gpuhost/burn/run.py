@@ -27,11 +27,11 @@ from pytest_gpuhost.burn.guard import TemperatureGuard
 from pytest_gpuhost.burn.model import Sample
 from pytest_gpuhost.burn.plot import plot_series
 from pytest_gpuhost.burn.sampler import Sampler, SamplerError
-from pytest_gpuhost.containers import ContainerFailure
+from pytest_gpuhost.compute.runner import ARM, lifeline_path, with_lifeline
 from pytest_gpuhost.diagnosis import Diagnosis
+from pytest_gpuhost.docker.containers import ContainerFailure
 from pytest_gpuhost.facts.model import GpuInfo
-from pytest_gpuhost.host import end_process_group
-from pytest_gpuhost.workload_runner import ARM, lifeline_path, with_lifeline
+from pytest_gpuhost.hosts.host import end_process_group
 
 # A launcher starts the workload for argv and yields (its output lines, a stop function).
 Launcher = Callable[[list[str]], AbstractContextManager[tuple[Iterator[str], Callable[[], None]]]]

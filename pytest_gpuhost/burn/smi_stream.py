@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pytest_gpuhost.facts.model import GpuInfo
-from pytest_gpuhost.host import end_process_group
+from pytest_gpuhost.hosts.host import end_process_group
 
 # pynvml's names for the values the Sampler asks for; the numbers only need to be distinct.
 NVML_TEMPERATURE_GPU = 0

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pytest_gpuhost.diagnosis import Diagnosis
 from pytest_gpuhost.facts.docker_engine import EngineFacts
 from pytest_gpuhost.facts.toolkit import ToolkitFacts, mode_needs
-from pytest_gpuhost.host import Host
+from pytest_gpuhost.hosts.host import Host
 
 CREATE_LINKS = "sudo nvidia-ctk system create-dev-char-symlinks --create-all"
 UDEV_RULE = (

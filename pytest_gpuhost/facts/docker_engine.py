@@ -17,8 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pytest_gpuhost.docker_client import socket_path
-from pytest_gpuhost.host import Host
+from pytest_gpuhost.docker.client import socket_path
+from pytest_gpuhost.hosts.host import Host
 from pytest_gpuhost.timeouts import call_with_timeout
 
 if TYPE_CHECKING:
@@ -157,7 +157,7 @@ def _same_socket(a: str, b: str) -> bool:
 def daemon_pids(host: Host) -> list[str]:
     """Pids whose command name is a Docker daemon's. A remote host answers in one command, not
     one per process."""
-    from pytest_gpuhost.remote import is_remote
+    from pytest_gpuhost.hosts.remote import is_remote
 
     if is_remote(host):
         names = "|".join(DAEMON_NAMES)
@@ -344,7 +344,7 @@ def gather_engine(
     """Ask the daemon, then look at its socket and process on ``host``."""
     import docker as docker_sdk
 
-    from pytest_gpuhost.remote import is_remote
+    from pytest_gpuhost.hosts.remote import is_remote
 
     version = call_with_timeout(client.version, timeout, "docker version")
     info = call_with_timeout(client.info, timeout, "docker info")

@@ -9,7 +9,7 @@ from pytest_gpuhost.facts.model import GpuListing, HostFacts, KernelFacts, PciGp
 from pytest_gpuhost.facts.nvml import read_nvml
 from pytest_gpuhost.facts.smi import read_smi
 from pytest_gpuhost.facts.system import gather_kernel, scan_pci
-from pytest_gpuhost.host import Host
+from pytest_gpuhost.hosts.host import Host
 
 # Each precondition is owned by the check that reports its failure; the checks that need it are
 # skipped with a reason that names that check.

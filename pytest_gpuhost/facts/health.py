@@ -22,7 +22,7 @@ from typing import Any, Generic, TypeVar
 
 from pytest_gpuhost.diagnosis import Diagnosis
 from pytest_gpuhost.facts.model import GpuInfo, normalize_pci_bus_id
-from pytest_gpuhost.host import CommandResult, Host
+from pytest_gpuhost.hosts.host import CommandResult, Host
 from pytest_gpuhost.timeouts import NativeCallTimeout
 
 T = TypeVar("T")

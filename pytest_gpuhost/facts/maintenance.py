@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 
 from pytest_gpuhost.facts.system import DRIVER_VERSION_FILE, parse_module_version
-from pytest_gpuhost.host import Host
+from pytest_gpuhost.hosts.host import Host
 
 REBOOT_REQUIRED = "/var/run/reboot-required"
 REBOOT_PACKAGES = "/var/run/reboot-required.pkgs"

@@ -18,12 +18,12 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_gpuhost.containers import diagnose_version_mismatch
 from pytest_gpuhost.diagnosis import Diagnosis
+from pytest_gpuhost.docker.containers import diagnose_version_mismatch
 from pytest_gpuhost.facts.docker_engine import EngineFacts
 from pytest_gpuhost.facts.model import GpuInfo
 from pytest_gpuhost.facts.toolkit import ToolInfo, probe_tool
-from pytest_gpuhost.host import CommandResult, Host
+from pytest_gpuhost.hosts.host import CommandResult, Host
 
 SECTION = "== gpuhost:"
 KIB = 1024

@@ -6,7 +6,7 @@ import re
 import xml.etree.ElementTree as ET
 
 from pytest_gpuhost.facts.model import GpuInfo, GpuListing, normalize_pci_bus_id
-from pytest_gpuhost.host import Host
+from pytest_gpuhost.hosts.host import Host
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 

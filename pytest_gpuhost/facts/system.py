@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from pytest_gpuhost.facts.model import KernelFacts, PciGpu
-from pytest_gpuhost.host import Host
+from pytest_gpuhost.hosts.host import Host
 
 NVIDIA_VENDOR = "0x10de"
 PCI_DEVICES = "/sys/bus/pci/devices"
@@ -19,7 +19,7 @@ _MODULE_VERSION = re.compile(r"Kernel Module(?:\s+for\s+\S+)?\s+(\d+\.\d+(?:\.\d
 def pci_devices(host: Host) -> list[tuple[str, str, str]]:
     """(address, vendor, class) of every PCI device. A remote host answers in one command: a
     server has hundreds of PCI devices, and two reads of each would be hundreds of round trips."""
-    from pytest_gpuhost.remote import is_remote
+    from pytest_gpuhost.hosts.remote import is_remote
 
     if not is_remote(host):
         rows = []

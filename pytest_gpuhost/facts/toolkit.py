@@ -18,7 +18,7 @@ from typing import Any
 from pytest_gpuhost.diagnosis import Diagnosis
 from pytest_gpuhost.facts.docker_engine import EngineFacts, version_tuple
 from pytest_gpuhost.facts.model import GpuInfo
-from pytest_gpuhost.host import Host
+from pytest_gpuhost.hosts.host import Host
 
 TOOLS = ("nvidia-ctk", "nvidia-container-runtime", "nvidia-container-runtime-hook", "nvidia-container-cli")
 DAEMON_JSON = "/etc/docker/daemon.json"

@@ -4,7 +4,7 @@
 Standalone on purpose: it is mounted read-only into a container and run by the image's own
 ``python3``, so it imports only the standard library and the image's PyTorch (else CuPy with
 numpy), never ``pytest_gpuhost``. It prints exactly one JSON object on stdout; diagnostics go to
-stderr. ``pytest_gpuhost.numerics`` parses that object and re-derives the error bound defined in
+stderr. ``pytest_gpuhost.compute.numerics`` parses that object and re-derives the error bound defined in
 ``BOUND_MODELS`` below, so the two copies of the formula are tested against each other.
 
 For each dtype: seeded inputs, uniform in [-1, 1], generated in float64 and rounded to the grid

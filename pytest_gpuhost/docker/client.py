@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pytest_gpuhost.diagnosis import Diagnosis
-from pytest_gpuhost.docker_errors import daemon_faults, is_timeout
+from pytest_gpuhost.docker.errors import daemon_faults, is_timeout
 from pytest_gpuhost.timeouts import NativeCallTimeout, call_with_timeout
 
 if TYPE_CHECKING:

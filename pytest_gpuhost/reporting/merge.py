@@ -1,7 +1,7 @@
 """Merge the reports of a fleet that ran ``pytest --gpuhost`` on every node.
 
-    python -m pytest_gpuhost.merge fleet.json node1.json node2.json ...
-    python -m pytest_gpuhost.merge fleet.xml node1.xml node2.xml ...
+    python -m pytest_gpuhost.reporting.merge fleet.json node1.json node2.json ...
+    python -m pytest_gpuhost.reporting.merge fleet.xml node1.xml node2.xml ...
 
 The output's suffix picks the format: ``.xml`` merges JUnit files, anything else JSON reports
 (``report_json.merge_reports``). JUnit merging uses only the standard library, so it works
@@ -17,7 +17,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from pytest_gpuhost.report_json import merge_reports, write_json
+from pytest_gpuhost.reporting.json_report import merge_reports, write_json
 
 COUNTS = ("tests", "failures", "errors", "skipped")
 TESTSUITES_COUNTS = ("tests", "failures", "errors")
@@ -108,7 +108,7 @@ def write_junit(path: Path, root: ET.Element) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m pytest_gpuhost.merge",
+        prog="python -m pytest_gpuhost.reporting.merge",
         description="Merge per-node pytest-gpuhost reports: JSON (--gpuhost-json) or JUnit (--junitxml).",
     )
     parser.add_argument("output", type=Path, help="the merged file; a .xml suffix merges JUnit files")
@@ -124,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_json(args.output, document)
             summary = f"{len(document['hosts'])} hosts, {document['summary']['total']} results"
     except ValueError as exc:
-        print(f"pytest_gpuhost.merge: {exc}", file=sys.stderr)
+        print(f"pytest_gpuhost.reporting.merge: {exc}", file=sys.stderr)
         return 2
     print(f"merged {len(args.inputs)} reports into {args.output}: {summary}")
     return 0

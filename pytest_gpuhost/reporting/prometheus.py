@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from pytest_gpuhost.actions import ACTIONS, host_actions, rank, result_action
+from pytest_gpuhost.reporting.actions import ACTIONS, host_actions, rank, result_action
 
 PLUGIN_NAME = "gpuhost-prometheus"
 FAILED = ("failed", "error")
@@ -168,8 +168,8 @@ class PrometheusReport:
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        from pytest_gpuhost.report_json import PLUGIN_NAME as JSON_PLUGIN
-        from pytest_gpuhost.report_json import JsonReport
+        from pytest_gpuhost.reporting.json_report import PLUGIN_NAME as JSON_PLUGIN
+        from pytest_gpuhost.reporting.json_report import JsonReport
 
         if hasattr(session.config, "workerinput"):
             return

@@ -433,7 +433,7 @@ class ActionReporter:
         xunit2 (whose schema has no test-case properties) each test case's that is not ``none``."""
         from _pytest.junitxml import xml_key  # the LogXML instance; pytest has no public accessor
 
-        from pytest_gpuhost.report_json import PLUGIN_NAME, JsonReport
+        from pytest_gpuhost.reporting.json_report import PLUGIN_NAME, JsonReport
 
         config = session.config
         xml = config.stash.get(xml_key, None)
@@ -451,7 +451,7 @@ class ActionReporter:
                     xml.add_global_property(f"{PROPERTY}[{name}]", result["action"])
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
-        from pytest_gpuhost.report_json import PLUGIN_NAME, JsonReport
+        from pytest_gpuhost.reporting.json_report import PLUGIN_NAME, JsonReport
 
         plugin = terminalreporter.config.pluginmanager.get_plugin(PLUGIN_NAME)
         if not isinstance(plugin, JsonReport):
@@ -473,7 +473,7 @@ def _drain_warnings() -> list[Finding]:
 
 
 def _failure(text: str) -> Finding:
-    from pytest_gpuhost.report_json import parse_diagnosis
+    from pytest_gpuhost.reporting.json_report import parse_diagnosis
 
     parsed = parse_diagnosis(text)
     if parsed is None:
@@ -481,7 +481,7 @@ def _failure(text: str) -> Finding:
     return (False, parsed["found"], parsed["cause"], parsed.get("kind"))
 
 
-# -- for scripts: ``python -m pytest_gpuhost.actions REPORT`` --------------------------------------
+# -- for scripts: ``python -m pytest_gpuhost.reporting.actions REPORT`` --------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -490,16 +490,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     import argparse
     import sys
 
-    from pytest_gpuhost.report_json import load_report
+    from pytest_gpuhost.reporting.json_report import load_report
 
-    parser = argparse.ArgumentParser(prog="python -m pytest_gpuhost.actions", description=main.__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m pytest_gpuhost.reporting.actions", description=main.__doc__
+    )
     parser.add_argument("report", help="a --gpuhost-json report")
     parser.add_argument("--width", type=int, default=200, help="longest reason (characters)")
     args = parser.parse_args(argv)
     try:
         document = load_report(args.report)
     except ValueError as exc:
-        print(f"pytest_gpuhost.actions: {exc}", file=sys.stderr)
+        print(f"pytest_gpuhost.reporting.actions: {exc}", file=sys.stderr)
         return 2
     results = [annotate(dict(r)) if "action" not in r else r for r in document["results"]]
     for host, entry in host_actions(results).items():

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_gpuhost.diagnosis import Diagnosis
 from pytest_gpuhost.facts.model import GpuListing, HostFacts, KernelFacts, Precondition
-from pytest_gpuhost.host import DEFAULT_COMMAND_TIMEOUT, CommandResult, Host
+from pytest_gpuhost.hosts.host import DEFAULT_COMMAND_TIMEOUT, CommandResult, Host
 from pytest_gpuhost.timeouts import NativeCallTimeout, call_with_timeout
 
 if TYPE_CHECKING:

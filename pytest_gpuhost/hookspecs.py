@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from pytest_gpuhost.host import Host
+    from pytest_gpuhost.hosts.host import Host
 
 
 @pytest.hookspec(firstresult=True)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pytest_gpuhost.diagnosis import Diagnosis
-from pytest_gpuhost.docker_errors import (
+from pytest_gpuhost.docker.errors import (
     DaemonFault,
     cleanup,
     daemon_faults,
@@ -28,11 +28,11 @@ from pytest_gpuhost.docker_errors import (
     mark_hung,
     require_answer,
 )
+from pytest_gpuhost.docker.images import ImageUnavailable
+from pytest_gpuhost.docker.images import ensure_image as ensure_present
 from pytest_gpuhost.facts.model import GpuInfo
 from pytest_gpuhost.facts.toolkit_pitfalls import diagnose_toolkit_error
-from pytest_gpuhost.host import Host
-from pytest_gpuhost.images import ImageUnavailable
-from pytest_gpuhost.images import ensure_image as ensure_present
+from pytest_gpuhost.hosts.host import Host
 
 if TYPE_CHECKING:
     import docker

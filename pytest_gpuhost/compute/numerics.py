@@ -254,7 +254,7 @@ def parse_report(stdout: str) -> WorkloadReport:
 
     Images may print banners before the script runs, so earlier lines are ignored.
     """
-    from pytest_gpuhost.workload_runner import last_json_object
+    from pytest_gpuhost.compute.runner import last_json_object
 
     raw = last_json_object(stdout)
     if raw is None:
@@ -395,7 +395,7 @@ def diagnose(result: DtypeResult, gpu_label: str) -> Finding | None:
         return Finding(
             f"{what}: the workload's bound {worst.bound!r} at C[{worst.row},{worst.col}] differs from the "
             f"suite's {expected!r}",
-            "workloads/matmul.py and pytest_gpuhost/numerics.py disagree on the error bound",
+            "workloads/matmul.py and pytest_gpuhost/compute/numerics.py disagree on the error bound",
             "mount the matmul.py shipped with this version of pytest-gpuhost",
         )
     shape = f"{n}x{n}"

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_gpuhost import image_table
-from pytest_gpuhost.images import ProgressSink, configure, image_tag
+from pytest_gpuhost.docker import image_table
+from pytest_gpuhost.docker.images import ProgressSink, configure, image_tag
 from pytest_gpuhost.settings import Settings
 
 if TYPE_CHECKING:

@@ -158,7 +158,7 @@ def inventory_from_facts(facts: HostFacts) -> dict[str, Any]:
 
 def summarize(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Counts per outcome and the hosts-by-check-groups table."""
-    from pytest_gpuhost.actions import host_actions
+    from pytest_gpuhost.reporting.actions import host_actions
 
     outcomes = dict.fromkeys(OUTCOMES, 0)
     table: dict[str, dict[str, dict[str, int]]] = {}
@@ -252,7 +252,7 @@ class JsonReport:
 
     def results(self) -> list[dict[str, Any]]:
         """The results so far, each with its host and its action (``actions.RULES``) filled in."""
-        from pytest_gpuhost.actions import annotate
+        from pytest_gpuhost.reporting.actions import annotate
 
         host = self.inventory()["host"]
         return [annotate({**record, "host": record["host"] or host}) for record in self._results.values()]
@@ -404,7 +404,7 @@ class JsonReport:
             if why_not:
                 self.written.append(f"baseline NOT saved to {self.save_baseline_path}: {why_not}")
             else:
-                from pytest_gpuhost.baseline import make_baseline
+                from pytest_gpuhost.reporting.baseline import make_baseline
 
                 if self._write(session, "baseline", self.save_baseline_path, make_baseline(document)):
                     self.written.append(f"baseline saved: {self.save_baseline_path}")
@@ -477,7 +477,7 @@ def merge_reports(paths: Iterable[Path | str]) -> dict[str, Any]:
                 )
             seen[name] = str(path)
             hosts.append(inventory)
-        from pytest_gpuhost.actions import annotate
+        from pytest_gpuhost.reporting.actions import annotate
 
         # A report written before actions existed gets them from the table now.
         results.extend(r if "action" in r else annotate(dict(r)) for r in document["results"])

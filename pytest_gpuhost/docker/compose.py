@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from pytest_gpuhost.diagnosis import Diagnosis
 from pytest_gpuhost.facts.model import GpuInfo
 from pytest_gpuhost.facts.toolkit import INSTALL_FIX, load_yaml_module
-from pytest_gpuhost.host import CommandResult, Host
+from pytest_gpuhost.hosts.host import CommandResult, Host
 
 if TYPE_CHECKING:
     import docker
@@ -317,7 +317,7 @@ def file_on_host(host: Host, file: str | Path) -> Iterator[str]:
     The copy travels base64-encoded in the command line (compose files are small); files the
     compose file refers to by relative path (build contexts, env files) are not copied.
     """
-    from pytest_gpuhost.remote import is_remote
+    from pytest_gpuhost.hosts.remote import is_remote
 
     if not is_remote(host):
         yield str(file)
@@ -330,7 +330,7 @@ def file_on_host(host: Host, file: str | Path) -> Iterator[str]:
     )
     folder = made.stdout.strip()
     if not made.ok or not folder.startswith("/"):
-        from pytest_gpuhost.containers import ContainerFailure
+        from pytest_gpuhost.docker.containers import ContainerFailure
 
         raise ContainerFailure(
             Diagnosis(
@@ -402,7 +402,7 @@ def _own_projects(client: docker.DockerClient) -> Iterator[str]:
 
 def _project_is_live(client: docker.DockerClient, project: str) -> bool:
     """Another session's project that may still be in use, judged as the container sweep judges."""
-    from pytest_gpuhost.containers import session_is_live
+    from pytest_gpuhost.docker.containers import session_is_live
 
     owner = project_owner(project)
     if owner is None:

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_gpuhost.containers import (
+from pytest_gpuhost.diagnosis import Diagnosis
+from pytest_gpuhost.docker.containers import (
     NO_GPUS,
     ContainerFailure,
     ContainerResult,
@@ -33,10 +34,9 @@ from pytest_gpuhost.containers import (
     GpuRequest,
     RunningContainer,
 )
-from pytest_gpuhost.diagnosis import Diagnosis
 from pytest_gpuhost.settings import Settings
 
-WORKLOADS_DIR = Path(__file__).resolve().parent / "workloads"
+WORKLOADS_DIR = Path(__file__).resolve().parent.parent / "workloads"
 MOUNT_POINT = "/gpuhost/workloads"
 FAULT_SWITCH = "GPUHOST_ALLOW_FAULT_INJECTION"
 

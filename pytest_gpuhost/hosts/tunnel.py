@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pytest_gpuhost.diagnosis import Diagnosis
-from pytest_gpuhost.host import Host, end_process_group
+from pytest_gpuhost.hosts.host import Host, end_process_group
 
 DEFAULT_REMOTE_SOCKET = "/var/run/docker.sock"
 SSH_BACKENDS = ("ssh", "safe-ssh", "paramiko")
@@ -141,7 +141,7 @@ class DockerTunnel:
 
     def open(self, timeout: float) -> str:
         """Start ssh and wait for the local socket; raises TunnelError with the SSH diagnosis."""
-        from pytest_gpuhost.remote import diagnose_connection
+        from pytest_gpuhost.hosts.remote import diagnose_connection
 
         with open(self._stderr_path, "wb") as err:
             try:

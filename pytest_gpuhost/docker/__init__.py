@@ -1,0 +1,1 @@
+"""Docker and its containers: the client, error diagnoses, containers, compose, images."""

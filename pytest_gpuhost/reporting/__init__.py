@@ -1,0 +1,1 @@
+"""Results turned into reports: JSON, HTML, JUnit extras, Prometheus, baselines, actions."""
