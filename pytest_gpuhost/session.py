@@ -24,6 +24,7 @@ import pytest
 from pytest_gpuhost.diagnosis import Diagnosis
 from pytest_gpuhost.facts.gather import gather_host_facts
 from pytest_gpuhost.facts.model import GpuInfo, HostFacts
+from pytest_gpuhost.facts.selection import select_gpus
 from pytest_gpuhost.hosts.host import Host, LocalHost
 from pytest_gpuhost.hosts.remote import (
     CHECK_REACHABLE,
@@ -33,10 +34,14 @@ from pytest_gpuhost.hosts.remote import (
     probe_reachable,
     unreachable_facts,
 )
+from pytest_gpuhost.interrupts import install_sigterm_handler
 from pytest_gpuhost.options import TIER_RUNS, TIERS, UsageError
+from pytest_gpuhost.reporting.junit import junit_to_system_out
+from pytest_gpuhost.reporting.terminal import fleet_table
+from pytest_gpuhost.rootdir import root_from_real_args
 from pytest_gpuhost.settings import Settings
+from pytest_gpuhost.stash import SESSION_KEY
 
-SESSION_KEY = pytest.StashKey["GpuhostSession"]()
 NEEDS_MARKER = "gpuhost_needs"
 TARGET = "gpuhost_target"
 FACTS_KEY = "gpuhost_facts"
@@ -58,92 +63,8 @@ def suite_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "suites"
 
 
-def _interrupt_on_sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum} (SIGTERM)")
-
-
-def install_sigterm_handler() -> None:
-    """SIGTERM (a spot VM being evicted, a CI job cancelled) ends the run like Ctrl-C.
-
-    pytest then unwinds: every container is removed in its ``finally``, the session fixtures
-    sweep, and the JUnit report is still written with what completed.
-    """
-    import signal
-    import threading
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
-
-
-def junit_to_system_out(config: pytest.Config) -> None:
-    """Each check's measured values (its ``gpuhost.metric`` lines) go into the JUnit system-out.
-
-    pytest writes no captured output to JUnit unless ``junit_logging`` says so; under --gpuhost
-    the default becomes ``system-out``. A ``junit_logging`` the user set (ini or ``-o``) wins.
-    """
-    from _pytest.junitxml import xml_key  # the LogXML instance; pytest has no public accessor
-
-    xml = config.stash.get(xml_key, None)
-    user_set = "junit_logging" in getattr(config, "_inicfg", {})
-    if xml is not None and not user_set and xml.logging == "no":
-        xml.logging = "system-out"
-
-
-def select_gpus(gpus: tuple[GpuInfo, ...], selection: str) -> tuple[GpuInfo, ...]:
-    """``all``, or a comma list of indices and UUID prefixes (``0,2`` or ``GPU-042f``)."""
-    if selection.strip().lower() == "all":
-        return gpus
-    chosen: list[GpuInfo] = []
-    for token in (t.strip() for t in selection.split(",") if t.strip()):
-        if token.isdigit():
-            matches = [g for g in gpus if g.index == int(token)]
-        else:
-            prefix = token.lower().removeprefix("gpu-")
-            matches = [g for g in gpus if g.uuid.lower().removeprefix("gpu-").startswith(prefix)]
-        if not matches and gpus:
-            known = ", ".join(f"{g.index} ({g.uuid})" for g in gpus)
-            raise UsageError(f"--gpuhost-gpus {selection!r}: no GPU matches {token!r}; this host has {known}")
-        chosen.extend(g for g in matches if g not in chosen)
-    return tuple(chosen)
-
-
 # The skip reasons (here and in the fixtures) of a check whose precondition failed on the host.
 PRECONDITION_SKIP = re.compile(r"^(needs [^:]+|no GPU to check): \S+ failed: ")
-
-
-def root_from_real_args(config: pytest.Config) -> None:
-    """Node ids that do not depend on the options' values.
-
-    pytest picks its rootdir (and ini file) before plugins add their options, so the value of
-    ``--gpuhost-python /opt/x/bin/python3`` looks like a test path and /opt/x/bin becomes the
-    rootdir. Decide again from the paths that are really test paths. pytest has no public API
-    for this: any surprise leaves pytest's choice as it is.
-    """
-    import inspect
-
-    try:
-        from _pytest.config.findpaths import determine_setup
-
-        given = {
-            "inifile": config.option.inifilename,
-            "override_ini": config.option.override_ini,
-            "args": [str(a) for a in config.option.file_or_dir or ()],
-            "rootdir_cmd_arg": config.option.rootdir or None,
-            "invocation_dir": config.invocation_params.dir,
-        }
-        wanted = inspect.signature(determine_setup).parameters
-        rootpath, inipath, inicfg = determine_setup(**{k: v for k, v in given.items() if k in wanted})[:3]
-        if rootpath == config.rootpath:
-            return
-        config._rootpath = rootpath
-        config._parser.extra_info["rootdir"] = str(rootpath)
-        if inipath != config.inipath:
-            config._inipath = inipath
-            config._inicfg = inicfg
-            config._inicache.clear()
-            config._parser.extra_info["inifile"] = str(inipath)
-    except Exception:
-        return
 
 
 def as_hosts(made: Host | Sequence[Host] | None) -> list[Host]:
@@ -221,7 +142,7 @@ class GpuhostSession:
                 ),
                 PLUGIN_NAME,
             )
-        from pytest_gpuhost.reporting.actions import ActionReporter
+        from pytest_gpuhost.reporting.host_actions import ActionReporter
 
         config.pluginmanager.register(ActionReporter(), "gpuhost-actions")  # docs/actions.md
         if settings.prometheus:
@@ -571,7 +492,7 @@ class GpuhostSession:
                     f"  gpu{gpu.index}  {gpu.name}  {gpu.uuid}  {gpu.pci_bus_id}  {gpu.memory_total_mib or '?'} MiB"
                 )
         if len(self.hosts) > 1:
-            self._fleet_table(terminalreporter)
+            fleet_table(terminalreporter, [h.name for h in self.hosts])
         failed = terminalreporter.stats.get("failed", []) + terminalreporter.stats.get("error", [])
         for report in failed:
             text = str(getattr(report, "longreprtext", "") or report.longrepr or "")
@@ -580,36 +501,3 @@ class GpuhostSession:
             write(
                 f"FAILED {report.nodeid.split('::')[-1]}: {first.strip().removeprefix('FOUND: ')}", red=True
             )
-
-    def _fleet_table(self, terminalreporter: pytest.TerminalReporter) -> None:
-        """Hosts by check groups, passed/failed/skipped per cell, from the JSON report's results."""
-        from pytest_gpuhost.reporting.json_report import PLUGIN_NAME, JsonReport, summarize
-
-        plugin = self.config.pluginmanager.get_plugin(PLUGIN_NAME)
-        if not isinstance(plugin, JsonReport):
-            return
-        table = summarize(plugin.results())["table"]
-        terminalreporter.section("gpuhost: fleet (passed/failed/skipped)")
-        for line in render_fleet_table(table, [h.name for h in self.hosts]):
-            terminalreporter.write_line(line)
-
-
-def render_fleet_table(table: dict[str, dict[str, dict[str, int]]], hosts: Sequence[str]) -> list[str]:
-    """A text table: one row per host, one column per check group; errors count as failures."""
-    groups = sorted({group for row in table.values() for group in row})
-    labels = [g.removeprefix("test_").removeprefix("step_") for g in groups]
-
-    def cell(counts: dict[str, int] | None) -> str:
-        if not counts:
-            return "-"
-        failed = counts.get("failed", 0) + counts.get("error", 0) + counts.get("xpassed", 0)
-        skipped = counts.get("skipped", 0) + counts.get("xfailed", 0)
-        return f"{counts.get('passed', 0)}/{failed}/{skipped}"
-
-    rows = [[host, *(cell(table.get(host, {}).get(g)) for g in groups)] for host in hosts]
-    header = ["host", *labels]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    return [
-        "  ".join(text.ljust(width) for text, width in zip(r, widths, strict=True)).rstrip()
-        for r in [header, *rows]
-    ]

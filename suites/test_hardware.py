@@ -15,7 +15,7 @@ from pytest_gpuhost.facts.nvml import load_pynvml
 from pytest_gpuhost.fixtures.hardware import AllReduceRun, MemoryRuns, P2PRun, profile_for
 from pytest_gpuhost.hardware import allreduce, memory, nvlink, p2p
 from pytest_gpuhost.profiles import ProfileSet
-from pytest_gpuhost.session import SESSION_KEY
+from pytest_gpuhost.stash import SESSION_KEY
 from pytest_gpuhost.timeouts import call_with_timeout
 
 pytestmark = [pytest.mark.hardware, pytest.mark.gpuhost_needs("gpu_listing")]

@@ -64,7 +64,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """One image check per configured image (--gpuhost-image, --gpuhost-workload-image)."""
     if "cuda_image" not in metafunc.fixturenames:
         return
-    from pytest_gpuhost.session import SESSION_KEY
+    from pytest_gpuhost.stash import SESSION_KEY
 
     session = metafunc.config.stash.get(SESSION_KEY, None)
     if session is None:

@@ -17,7 +17,7 @@ REGISTER = """
 def pytest_sessionstart(session):
     from pytest_gpuhost.fixtures import report as report_fixtures
     from pytest_gpuhost.reporting.json_report import PLUGIN_NAME, JsonReport, inventory_from_facts
-    from pytest_gpuhost.session import SESSION_KEY
+    from pytest_gpuhost.stash import SESSION_KEY
 
     config = session.config
     manager = config.pluginmanager

@@ -32,7 +32,7 @@ from pytest_gpuhost.hosts.tunnel import (
     remove_stale_tunnels,
     ssh_base_argv,
 )
-from pytest_gpuhost.session import render_fleet_table
+from pytest_gpuhost.reporting.terminal import render_fleet_table
 
 FLEET_CHECKS = "test_fleet or test_step_1_1_hardware or test_step_2_1_driver or test_daemon_json_parses"
 NO_GPU = "no NVIDIA GPU"

@@ -50,7 +50,7 @@ rm -f "$report"
 rc=$?
 
 if [ -s "$report" ]; then
-  IFS=$'\t' read -r _ action reason < <("$python" -m pytest_gpuhost.reporting.actions "$report" | head -n 1)
+  IFS=$'\t' read -r _ action reason < <("$python" -m pytest_gpuhost.reporting.host_actions "$report" | head -n 1)
 else
   action=drain-and-investigate
   reason="drain-and-investigate: the health check did not finish (exit $rc): see gpuhost-$node.log"

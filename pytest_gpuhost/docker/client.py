@@ -14,14 +14,12 @@ from typing import TYPE_CHECKING
 
 from pytest_gpuhost.diagnosis import Diagnosis
 from pytest_gpuhost.docker.errors import daemon_faults, is_timeout
+from pytest_gpuhost.facts.docker_engine import DEFAULT_SOCKET, SocketInfo, read_socket, socket_path
 from pytest_gpuhost.timeouts import NativeCallTimeout, call_with_timeout
 
 if TYPE_CHECKING:
     import docker
 
-    from pytest_gpuhost.facts.docker_engine import SocketInfo
-
-DEFAULT_SOCKET = "/var/run/docker.sock"
 PROBE_API_VERSION = "1.41"  # any fixed version: the ping is unversioned, and a fixed one is never negotiated
 
 
@@ -31,15 +29,6 @@ class DockerUnavailable(Exception):
     def __init__(self, diagnosis: Diagnosis) -> None:
         super().__init__(str(diagnosis))
         self.diagnosis = diagnosis
-
-
-def socket_path(docker_host: str | None) -> str | None:
-    """The unix socket the SDK will use, or None for a TCP or SSH daemon."""
-    if not docker_host:
-        return DEFAULT_SOCKET
-    if docker_host.startswith("unix://"):
-        return docker_host.removeprefix("unix://")
-    return None
 
 
 @dataclass(frozen=True)
@@ -138,8 +127,6 @@ def diagnose_permission(endpoint: Endpoint, sock: SocketInfo | None = None) -> D
             "check the credentials or TLS certificates for that daemon",
         )
     if sock is None:
-        from pytest_gpuhost.facts.docker_engine import read_socket
-
         sock = read_socket(path)
     user, uid = _user()
     found = f"permission denied on the Docker socket ({endpoint.describe()})"

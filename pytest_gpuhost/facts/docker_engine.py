@@ -17,7 +17,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pytest_gpuhost.docker.client import socket_path
 from pytest_gpuhost.hosts.host import Host
 from pytest_gpuhost.timeouts import call_with_timeout
 
@@ -27,7 +26,17 @@ if TYPE_CHECKING:
 # `docker run --gpus` (a DeviceRequest) arrived with Docker 19.03.
 MIN_GPU_ENGINE = (19, 3)
 DAEMON_NAMES = ("dockerd", "dockerd-rootless")
+DEFAULT_SOCKET = "/var/run/docker.sock"
 _VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
+
+
+def socket_path(docker_host: str | None) -> str | None:
+    """The unix socket the SDK will use, or None for a TCP or SSH daemon."""
+    if not docker_host:
+        return DEFAULT_SOCKET
+    if docker_host.startswith("unix://"):
+        return docker_host.removeprefix("unix://")
+    return None
 
 
 def version_tuple(text: str | None) -> tuple[int, ...] | None:

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from pytest_gpuhost import __version__
 from pytest_gpuhost.profiles import Profile, ProfileSet
-from pytest_gpuhost.reporting.json_report import now_iso
+from pytest_gpuhost.reporting.timestamps import now_iso
 
 BASELINE_SCHEMA = "pytest-gpuhost/baseline/v1"
 FindingKind = Literal["version-change", "regression", "improvement", "missing"]

@@ -17,7 +17,6 @@ import re
 import shlex
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +24,7 @@ import pytest
 
 from pytest_gpuhost import __version__
 from pytest_gpuhost.options import TIERS
+from pytest_gpuhost.reporting.timestamps import now_iso
 
 if TYPE_CHECKING:
     from pytest_gpuhost.facts.model import HostFacts
@@ -50,10 +50,6 @@ Inventory = Mapping[str, Any]
 def schema_path() -> Path:
     """The JSON Schema of the report, shipped with the package."""
     return Path(__file__).resolve().parent / "schemas" / "report-v1.schema.json"
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 # -- parsing what a check printed or raised ----------------------------------------------------
