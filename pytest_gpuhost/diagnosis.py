@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, NoReturn
 import pytest
 
 if TYPE_CHECKING:
-    from pytest_gpuhost.facts.health import Verdict
+    from pytest_gpuhost.criteria.health import Verdict
 
 # The warnings of the check running now: fleet operations (``actions``) give its JUnit test case
 # the action of its warnings too, which pytest reports only after the test case is written.

@@ -9,12 +9,12 @@ from __future__ import annotations
 import pytest
 
 from pytest_gpuhost.diagnosis import Diagnosis, fail
-from pytest_gpuhost.facts.health import read_live
+from pytest_gpuhost.facts.health_gather import read_live
 from pytest_gpuhost.facts.model import GpuInfo
 from pytest_gpuhost.facts.nvml import load_pynvml
-from pytest_gpuhost.fixtures.hardware import AllReduceRun, MemoryRuns, P2PRun, profile_for
+from pytest_gpuhost.fixtures.hardware import AllReduceRun, MemoryRuns, P2PRun
 from pytest_gpuhost.hardware import allreduce, memory, nvlink, p2p
-from pytest_gpuhost.profiles import ProfileSet
+from pytest_gpuhost.profiles import ProfileSet, profile_for
 from pytest_gpuhost.stash import SESSION_KEY
 from pytest_gpuhost.timeouts import call_with_timeout
 

@@ -11,34 +11,28 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pytest_gpuhost.diagnosis import fail, report_verdict
-from pytest_gpuhost.facts.health import (
-    F_CLOCKS,
-    F_PCIE,
-    FabricFacts,
-    GpuTraits,
-    HealthFacts,
-    HealthSurvey,
-    HealthThresholds,
-    KernelLog,
-    XidEvent,
+from pytest_gpuhost.criteria.fabric import judge_fabric_manager, judge_gpu_fabric
+from pytest_gpuhost.criteria.health import (
     gpu_label,
     judge_clocks,
     judge_correctable_ecc,
     judge_ecc_mode,
-    judge_fabric_manager,
-    judge_gpu_fabric,
-    judge_image_cuda,
     judge_mig,
     judge_pcie_link,
     judge_retired_pages,
     judge_row_remapping,
     judge_uncorrectable_ecc,
-    judge_unlisted_xids,
-    judge_xids,
 )
+from pytest_gpuhost.criteria.image_cuda import judge_image_cuda
+from pytest_gpuhost.criteria.xid import judge_unlisted_xids, judge_xids
+from pytest_gpuhost.diagnosis import fail, report_verdict
+from pytest_gpuhost.docker.images import configured_images, inspect_image_env
+from pytest_gpuhost.facts.fabric import FabricFacts
+from pytest_gpuhost.facts.health import F_CLOCKS, F_PCIE, HealthFacts, HealthSurvey, HealthThresholds
+from pytest_gpuhost.facts.image_cuda import GpuTraits
 from pytest_gpuhost.facts.model import GpuInfo, HostFacts
-from pytest_gpuhost.fixtures.health import LiveSampler, configured_images, inspect_image_env
+from pytest_gpuhost.facts.xid import KernelLog, XidEvent
+from pytest_gpuhost.fixtures.health import LiveSampler
 from pytest_gpuhost.settings import Settings
 
 if TYPE_CHECKING:

@@ -7,9 +7,8 @@ import pytest
 from pytest_gpuhost.diagnosis import fail
 from pytest_gpuhost.facts.model import GpuInfo, HostFacts
 from pytest_gpuhost.facts.nvml import load_pynvml
-from pytest_gpuhost.fixtures.hardware import profile_for
 from pytest_gpuhost.hardware import nvlink
-from pytest_gpuhost.profiles import ProfileSet
+from pytest_gpuhost.profiles import ProfileSet, profile_for
 from pytest_gpuhost.settings import Settings
 from pytest_gpuhost.timeouts import NativeCallTimeout, call_with_timeout
 

@@ -8,13 +8,9 @@ import pytest
 
 from pytest_gpuhost.diagnosis import Diagnosis, fail
 from pytest_gpuhost.docker.containers import NO_GPUS, ContainerFailure, Containers, GpuRequest
+from pytest_gpuhost.docker.smi import run_smi, smi_result_diagnosis
 from pytest_gpuhost.facts.model import GpuInfo, HostFacts
-from pytest_gpuhost.fixtures.containers import (
-    CHECK_GPU_CONTAINER,
-    GpuContainerProbe,
-    run_smi,
-    smi_result_diagnosis,
-)
+from pytest_gpuhost.fixtures.containers import CHECK_GPU_CONTAINER, GpuContainerProbe
 from pytest_gpuhost.settings import Settings
 
 pytestmark = [pytest.mark.container, pytest.mark.gpuhost_needs("gpu_listing")]
@@ -62,7 +58,7 @@ def test_container_sees_gpu(
     diagnosis = smi_result_diagnosis(result, gpuhost_settings)
     if diagnosis is not None:
         fail_with(diagnosis)
-    from pytest_gpuhost.fixtures.containers import parse_smi_csv
+    from pytest_gpuhost.docker.smi import parse_smi_csv
 
     rows = parse_smi_csv(result.stdout)
     if [r.uuid for r in rows] != [gpu.uuid]:

@@ -7,6 +7,7 @@ import pytest
 
 from pytest_gpuhost.diagnosis import Diagnosis, fail, warn
 from pytest_gpuhost.docker.containers import ALL_GPUS, ContainerFailure, Containers
+from pytest_gpuhost.docker.smi import SMI_QUERY, container_timeout, parse_smi_csv, smi_result_diagnosis
 from pytest_gpuhost.facts.model import HostFacts
 from pytest_gpuhost.facts.runtimes import (
     DEFAULT_LIMITS,
@@ -20,13 +21,7 @@ from pytest_gpuhost.facts.runtimes import (
     split_sections,
 )
 from pytest_gpuhost.facts.toolkit import ToolkitFacts
-from pytest_gpuhost.fixtures.containers import (
-    SMI_QUERY,
-    GpuContainerProbe,
-    container_timeout,
-    parse_smi_csv,
-    smi_result_diagnosis,
-)
+from pytest_gpuhost.fixtures.containers import GpuContainerProbe
 from pytest_gpuhost.fixtures.runtimes import CHECK_DEFAULTS, DefaultsProbe
 from pytest_gpuhost.settings import Settings
 

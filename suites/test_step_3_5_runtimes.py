@@ -10,6 +10,7 @@ import pytest
 
 from pytest_gpuhost.diagnosis import Diagnosis, fail, warn
 from pytest_gpuhost.docker.containers import ContainerFailure, ensure_image, session_labels
+from pytest_gpuhost.docker.smi import SMI_QUERY, parse_smi_csv
 from pytest_gpuhost.facts.model import HostFacts
 from pytest_gpuhost.facts.runtimes import (
     AccessPath,
@@ -22,7 +23,6 @@ from pytest_gpuhost.facts.runtimes import (
     run_podman,
 )
 from pytest_gpuhost.facts.toolkit import CDI_DIRS, CDI_GENERATE, CDI_KIND, ToolkitFacts
-from pytest_gpuhost.fixtures.containers import SMI_QUERY, parse_smi_csv
 from pytest_gpuhost.fixtures.docker import DockerConnection
 from pytest_gpuhost.hosts.host import Host
 from pytest_gpuhost.settings import Settings

@@ -8,10 +8,9 @@ from pytest_gpuhost.compute import numerics
 from pytest_gpuhost.diagnosis import Diagnosis, fail, warn
 from pytest_gpuhost.facts.model import GpuInfo, HostFacts
 from pytest_gpuhost.facts.selection import select_gpus
-from pytest_gpuhost.fixtures.hardware import profile_for
 from pytest_gpuhost.fixtures.workloads import MATMUL_DTYPES, MatmulRuns
 from pytest_gpuhost.hardware import floors
-from pytest_gpuhost.profiles import ProfileSet
+from pytest_gpuhost.profiles import ProfileSet, profile_for
 from pytest_gpuhost.settings import Settings
 
 pytestmark = [pytest.mark.container, pytest.mark.gpuhost_needs("gpu_listing")]

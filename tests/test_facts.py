@@ -385,7 +385,7 @@ def test_after_one_nvml_timeout_nvml_is_dead_for_the_session(
     fake_nvml: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """One timeout per session: later reads (facts, live readings) say so at once, not 30 s each."""
-    from pytest_gpuhost.facts.health import read_live
+    from pytest_gpuhost.facts.health_gather import read_live
 
     use_capture(monkeypatch, tmp_path, "h100")
     monkeypatch.setenv("GPUHOST_FAKE_NVML_HANG", "nvmlDeviceGetCount:2")

@@ -19,10 +19,9 @@ import pytest
 
 from pytest_gpuhost.facts.health import EccCounts, HealthFacts
 from pytest_gpuhost.facts.model import GpuInfo, GpuListing, HostFacts, KernelFacts, PciGpu
-from pytest_gpuhost.fixtures.hardware import pci_device_id, profile_for
 from pytest_gpuhost.hardware import allreduce, floors, memory, nvlink, p2p
 from pytest_gpuhost.options import TIERS
-from pytest_gpuhost.profiles import load_profiles
+from pytest_gpuhost.profiles import load_profiles, pci_device_id, profile_for
 
 SCRIPT = Path(__file__).resolve().parent.parent / "pytest_gpuhost" / "workloads" / "memory.py"
 DATA = Path(__file__).resolve().parent / "data"

@@ -24,56 +24,49 @@ import pytest
 from docker_support import busybox_image, docker_client_or_skip
 
 from conftest import DATA, GpuhostPytester, load_nvml_dump
-from pytest_gpuhost.facts import health
-from pytest_gpuhost.facts.health import (
-    F_CLOCKS,
-    F_FABRIC,
-    F_PCIE,
-    F_RETIRED,
-    ClockSample,
-    CudaRequirement,
-    FabricFacts,
-    GpuTraits,
-    HealthFacts,
-    HealthThresholds,
-    KernelLog,
-    LiveReading,
-    PcieLink,
-    Sampled,
-    Sampling,
-    Unavailable,
+from pytest_gpuhost.criteria.fabric import judge_fabric_manager, judge_gpu_fabric
+from pytest_gpuhost.criteria.health import (
     Verdict,
-    gather_fabric,
-    gather_health,
     judge_clocks,
     judge_correctable_ecc,
     judge_ecc_mode,
-    judge_fabric_manager,
-    judge_gpu_fabric,
-    judge_image_cuda,
     judge_mig,
     judge_pcie_link,
     judge_retired_pages,
     judge_row_remapping,
     judge_uncorrectable_ecc,
-    judge_unlisted_xids,
-    judge_xids,
+)
+from pytest_gpuhost.criteria.image_cuda import judge_image_cuda
+from pytest_gpuhost.criteria.xid import judge_unlisted_xids, judge_xids
+from pytest_gpuhost.docker.images import inspect_image_env
+from pytest_gpuhost.facts import health, health_nvml
+from pytest_gpuhost.facts.fabric import FabricFacts, gather_fabric, parse_fabricmanager_version
+from pytest_gpuhost.facts.health import (
+    F_CLOCKS,
+    F_FABRIC,
+    F_PCIE,
+    F_RETIRED,
+    HealthFacts,
+    HealthThresholds,
+    LiveReading,
+    PcieLink,
+    Unavailable,
+)
+from pytest_gpuhost.facts.health_gather import gather_health, read_live
+from pytest_gpuhost.facts.health_nvml import read_nvml_health
+from pytest_gpuhost.facts.health_xml import parse_health_xml, parse_live_xml
+from pytest_gpuhost.facts.image_cuda import CudaRequirement, GpuTraits, parse_require_cuda, requirement_met
+from pytest_gpuhost.facts.model import GpuInfo
+from pytest_gpuhost.facts.pcie import (
+    ClockSample,
+    Sampled,
+    Sampling,
     measure_under_load,
-    parse_fabricmanager_version,
-    parse_health_xml,
-    parse_live_xml,
-    parse_require_cuda,
-    parse_xids,
     pcie_link_under_load,
-    read_kernel_log,
-    read_live,
-    read_nvml_health,
     read_sysfs_link,
-    requirement_met,
     summarize_clocks,
 )
-from pytest_gpuhost.facts.model import GpuInfo
-from pytest_gpuhost.fixtures.health import inspect_image_env
+from pytest_gpuhost.facts.xid import KernelLog, parse_xids, read_kernel_log
 from pytest_gpuhost.hosts.host import CommandResult, LocalHost
 
 H100 = GpuInfo(0, "GPU-042f1913-64c6-43ac-27c6-466e2d9041b0", "NVIDIA H100 80GB HBM3", "0000:00:06.0")
@@ -674,7 +667,7 @@ def test_nvml_derived_failures() -> None:
     assert "2 uncorrectable ECC error(s) on GPU 0" in failed(judge_uncorrectable_ecc(h, DEFAULTS))
     assert "a row remapping is pending on GPU 0" in failed(judge_row_remapping(h))
     assert "current off, pending on" in failed(judge_mig(h, None))
-    live = health.read_nvml_live(FakeNvml(dump), H100.uuid)
+    live = health_nvml.read_nvml_live(FakeNvml(dump), H100.uuid)
     assert live.pcie == PcieLink(5, 5, 8, 16, 5, "nvml") and live.clock_reasons == 0x9
     assert "downtrained to x8" in failed(judge_pcie_link(H100, live.pcie, True, None))
 

@@ -23,6 +23,7 @@ from dockerlab import busybox_rootfs_tar
 
 from conftest import GpuhostPytester
 from pytest_gpuhost.docker.containers import session_labels
+from pytest_gpuhost.docker.smi import SMI_QUERY, parse_smi_csv
 from pytest_gpuhost.facts.docker_engine import EngineFacts, SocketInfo, gather_engine, parse_engine
 from pytest_gpuhost.facts.model import GpuInfo
 from pytest_gpuhost.facts.runtimes import (
@@ -39,7 +40,6 @@ from pytest_gpuhost.facts.runtimes import (
     run_enroot,
     run_podman,
 )
-from pytest_gpuhost.fixtures.containers import SMI_QUERY, parse_smi_csv
 from pytest_gpuhost.hosts.host import DEFAULT_COMMAND_TIMEOUT, CommandResult, LocalHost
 
 H100 = GpuInfo(

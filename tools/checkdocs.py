@@ -51,7 +51,7 @@ EXTRA_SOURCES: dict[str, tuple[str, ...]] = {
     "test_container_shm_size": (f"{PACKAGE}.fixtures.runtimes", f"{PACKAGE}.docker.containers"),
     "test_burn": (f"{PACKAGE}.burn.criteria", f"{PACKAGE}.burn.run"),
     "test_docker_daemon_answers": (f"{PACKAGE}.docker.client",),
-    "test_container_sees_all_gpus": (f"{PACKAGE}.fixtures.containers", f"{PACKAGE}.docker.containers"),
+    "test_container_sees_all_gpus": (f"{PACKAGE}.docker.smi", f"{PACKAGE}.docker.containers"),
     "test_container_sees_gpu": (f"{PACKAGE}.docker.containers",),
     "test_container_without_gpu_request_sees_none": (f"{PACKAGE}.docker.containers",),
     "test_matmul_matches_cpu_reference": (f"{PACKAGE}.compute.runner",),
@@ -242,9 +242,11 @@ class _Renderer:
                 return "{" + body[0] + "|" + orelse[0] + "}", False
             return body
         if isinstance(expr, ast.Subscript) and isinstance(expr.value, ast.Name):
-            entry = _dict_entry(module, expr)
+            found = self.sources.resolve(module, expr.value.id)  # the table may be imported
+            owner = found[0] if found is not None else module
+            entry = _dict_entry(owner, expr, found[1] if found is not None else None)
             if entry is not None and _is_text(entry):
-                return self.text(entry, module, depth + 1)
+                return self.text(entry, owner, depth + 1)
         if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name):
             found = self.sources.resolve(module, expr.func.id)
             if found is not None and found[1] in found[0].functions:
@@ -254,11 +256,12 @@ class _Renderer:
         return _placeholder(expr), False
 
 
-def _dict_entry(module: _Module, node: ast.Subscript) -> ast.expr | None:
-    """``TABLE["key"]`` where TABLE is a module-level dict: the entry's expression."""
+def _dict_entry(module: _Module, node: ast.Subscript, name: str | None = None) -> ast.expr | None:
+    """``TABLE["key"]`` where TABLE is a module-level dict of ``module`` (there called ``name``):
+    the entry's expression."""
     if not isinstance(node.value, ast.Name) or not isinstance(node.slice, ast.Constant):
         return None
-    table = module.constants.get(node.value.id)
+    table = module.constants.get(name or node.value.id)
     if not isinstance(table, ast.Dict):
         return None
     for key, value in zip(table.keys, table.values, strict=True):

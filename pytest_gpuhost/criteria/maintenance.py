@@ -12,7 +12,7 @@ from datetime import date
 from typing import Any
 
 from pytest_gpuhost.criteria.advisories import AdvisoryTable, Setting, ToolkitAdvisory
-from pytest_gpuhost.facts.health import Verdict
+from pytest_gpuhost.criteria.health import Verdict
 from pytest_gpuhost.facts.maintenance import REBOOT_PACKAGES, REBOOT_REQUIRED, ModuleFacts, RebootFacts
 from pytest_gpuhost.facts.toolkit import RUNTIME_CONFIG, ToolkitFacts
 from pytest_gpuhost.versions import Version, parse_version

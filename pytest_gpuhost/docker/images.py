@@ -29,7 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pytest
+
 from pytest_gpuhost.diagnosis import Diagnosis
+from pytest_gpuhost.facts.image_cuda import image_env
+from pytest_gpuhost.settings import Settings
 from pytest_gpuhost.timeouts import NativeCallTimeout, call_with_timeout
 
 if TYPE_CHECKING:
@@ -527,3 +531,29 @@ def resolve_image(
     if image:
         return image
     raise ValueError("give an image or a Dockerfile")
+
+
+def configured_images(settings: Settings) -> list[tuple[str, str]]:
+    """``(role, image)`` of each image the suite runs workloads in, each image once."""
+    images = [("image", settings.image)]
+    if settings.workload_image and settings.workload_image != settings.image:
+        images.append(("workload_image", settings.workload_image))
+    return images
+
+
+def inspect_image_env(client: docker.DockerClient, image: str, timeout: float) -> dict[str, str] | None:
+    """The image's environment (``docker image inspect``), or None when it is not present locally."""
+    import docker
+
+    def attrs() -> dict[str, Any] | None:
+        try:
+            found: dict[str, Any] = client.images.get(image).attrs
+        except docker.errors.ImageNotFound:
+            return None
+        return found
+
+    try:
+        found = call_with_timeout(attrs, timeout, "docker image inspect")
+    except NativeCallTimeout as exc:
+        pytest.skip(f"needs docker: `docker image inspect {image}` did not answer: {exc}")
+    return None if found is None else image_env(found)

@@ -19,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from pytest_gpuhost.facts.model import GpuInfo, HostFacts, normalize_pci_bus_id
 from pytest_gpuhost.options import UsageError
 
 if sys.version_info >= (3, 11):
@@ -551,3 +552,14 @@ def _build(key: str, values: Mapping[str, Any], sources: tuple[str, ...]) -> Pro
 def _float(value: Any) -> float | None:
     value = _optional(value)
     return None if value is None else float(value)
+
+
+def pci_device_id(facts: HostFacts, gpu: GpuInfo) -> str | None:
+    """The GPU's PCI device ID (``0x2335``) from sysfs, found by its bus address."""
+    bus = normalize_pci_bus_id(gpu.pci_bus_id) if gpu.pci_bus_id else ""
+    return next((p.device_id.lower() for p in facts.pci if normalize_pci_bus_id(p.address) == bus), None)
+
+
+def profile_for(profiles: ProfileSet, facts: HostFacts, gpu: GpuInfo) -> tuple[Profile, str | None]:
+    """The GPU's profile: by PCI device ID, else by name (``ProfileSet.for_gpu``)."""
+    return profiles.for_gpu(gpu.name, pci_device_id(facts, gpu))
