@@ -5,21 +5,18 @@ from __future__ import annotations
 
 import pytest
 
+from pytest_gpuhost.criteria.limits import limit_refusal, limits_problem, memlock_warning, shm_warning
 from pytest_gpuhost.diagnosis import Diagnosis, fail, warn
 from pytest_gpuhost.docker.containers import ALL_GPUS, ContainerFailure, Containers
 from pytest_gpuhost.docker.smi import SMI_QUERY, container_timeout, parse_smi_csv, smi_result_diagnosis
-from pytest_gpuhost.facts.model import HostFacts
-from pytest_gpuhost.facts.runtimes import (
+from pytest_gpuhost.facts.limits import (
     DEFAULT_LIMITS,
     daemon_defaults,
-    limit_refusal,
     limits_and_smi_script,
-    limits_problem,
-    memlock_warning,
     parse_cgroup_limits,
-    shm_warning,
     split_sections,
 )
+from pytest_gpuhost.facts.model import HostFacts
 from pytest_gpuhost.facts.toolkit import ToolkitFacts
 from pytest_gpuhost.fixtures.containers import GpuContainerProbe
 from pytest_gpuhost.fixtures.runtimes import CHECK_DEFAULTS, DefaultsProbe

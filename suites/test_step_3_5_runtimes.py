@@ -8,23 +8,19 @@ import secrets
 
 import pytest
 
+from pytest_gpuhost.criteria.limits import access_warning
+from pytest_gpuhost.criteria.runtimes import parity_problem
 from pytest_gpuhost.diagnosis import Diagnosis, fail, warn
 from pytest_gpuhost.docker.containers import ContainerFailure, ensure_image, session_labels
 from pytest_gpuhost.docker.smi import SMI_QUERY, parse_smi_csv
+from pytest_gpuhost.facts.limits import AccessPath
 from pytest_gpuhost.facts.model import HostFacts
-from pytest_gpuhost.facts.runtimes import (
-    AccessPath,
-    RuntimeRun,
-    RuntimeTool,
-    access_warning,
-    parity_problem,
-    podman_run_argv,
-    run_enroot,
-    run_podman,
-)
 from pytest_gpuhost.facts.toolkit import CDI_DIRS, CDI_GENERATE, CDI_KIND, ToolkitFacts
 from pytest_gpuhost.fixtures.docker import DockerConnection
 from pytest_gpuhost.hosts.host import Host
+from pytest_gpuhost.runtimes.common import RuntimeRun, RuntimeTool
+from pytest_gpuhost.runtimes.enroot import run_enroot
+from pytest_gpuhost.runtimes.podman import podman_run_argv, run_podman
 from pytest_gpuhost.settings import Settings
 
 ENROOT_IMPORT_TIMEOUT_S = 900.0  # enroot squashes the whole image: minutes for a CUDA image

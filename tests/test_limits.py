@@ -11,8 +11,9 @@ import pytest
 from docker_support import TEST_IMAGE, busybox_image, docker_client_or_skip
 
 from conftest import GpuhostPytester
+from pytest_gpuhost.criteria.limits import limit_refusal, limits_problem, memlock_warning, shm_warning
 from pytest_gpuhost.docker.containers import LABEL_OWNER, NO_GPUS, Containers
-from pytest_gpuhost.facts.runtimes import (
+from pytest_gpuhost.facts.limits import (
     DEFAULTS_SCRIPT,
     GIB,
     LIMITS_SCRIPT,
@@ -22,16 +23,12 @@ from pytest_gpuhost.facts.runtimes import (
     LimitRequest,
     daemon_defaults,
     format_bytes,
-    limit_refusal,
     limits_and_smi_script,
-    limits_problem,
-    memlock_warning,
     parse_cgroup_limits,
     parse_container_defaults,
     parse_size,
     shm_from_df,
     shm_from_mounts,
-    shm_warning,
     split_sections,
 )
 from pytest_gpuhost.hosts.host import LocalHost

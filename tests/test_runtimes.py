@@ -22,25 +22,17 @@ from docker_support import TEST_IMAGE, busybox_image, docker_client_or_skip
 from dockerlab import busybox_rootfs_tar
 
 from conftest import GpuhostPytester
+from pytest_gpuhost.criteria.limits import access_warning
+from pytest_gpuhost.criteria.runtimes import parity_problem
 from pytest_gpuhost.docker.containers import session_labels
 from pytest_gpuhost.docker.smi import SMI_QUERY, parse_smi_csv
 from pytest_gpuhost.facts.docker_engine import EngineFacts, SocketInfo, gather_engine, parse_engine
+from pytest_gpuhost.facts.limits import access_path
 from pytest_gpuhost.facts.model import GpuInfo
-from pytest_gpuhost.facts.runtimes import (
-    EnrootPlan,
-    access_path,
-    access_warning,
-    diagnose_enroot,
-    diagnose_podman,
-    parity_problem,
-    parse_runtime_version,
-    podman_remove_argv,
-    podman_run_argv,
-    probe_runtime,
-    run_enroot,
-    run_podman,
-)
 from pytest_gpuhost.hosts.host import DEFAULT_COMMAND_TIMEOUT, CommandResult, LocalHost
+from pytest_gpuhost.runtimes.common import parse_runtime_version, probe_runtime
+from pytest_gpuhost.runtimes.enroot import EnrootPlan, diagnose_enroot, run_enroot
+from pytest_gpuhost.runtimes.podman import diagnose_podman, podman_remove_argv, podman_run_argv, run_podman
 
 H100 = GpuInfo(
     index=0,
@@ -584,6 +576,7 @@ def test_suite_podman_needs_a_cdi_spec_then_diagnoses_the_real_refusal(
 
 def test_runtime_facts_import_no_docker_sdk() -> None:
     """enroot and Podman hosts may have no Docker at all: the facts need no SDK to load."""
-    code = "import sys, pytest_gpuhost.facts.runtimes; print('docker' in sys.modules)"
+    modules = "pytest_gpuhost.facts.limits, pytest_gpuhost.runtimes.enroot, pytest_gpuhost.runtimes.podman"
+    code = f"import sys, {modules}; print('docker' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "False"
