@@ -6,6 +6,19 @@ from collections.abc import Callable
 
 import pytest
 
+from pytest_gpuhost.criteria.toolkit import (
+    broken_tools,
+    cdi_driver_problem,
+    cdi_gpu_problem,
+    cdi_host_path_problem,
+    cdi_parse_problem,
+    cdi_shadowing_warning,
+    default_runtime_warning,
+    missing_toolkit,
+    rootless_cgroups_problem,
+    runtime_problem,
+    version_skew,
+)
 from pytest_gpuhost.diagnosis import Diagnosis, fail, warn
 from pytest_gpuhost.docker.containers import ALL_GPUS, ContainerFailure, Containers, diagnose_output
 from pytest_gpuhost.facts.daemon_reload import (
@@ -15,24 +28,7 @@ from pytest_gpuhost.facts.daemon_reload import (
 )
 from pytest_gpuhost.facts.docker_engine import EngineFacts
 from pytest_gpuhost.facts.model import GpuInfo, HostFacts
-from pytest_gpuhost.facts.toolkit import (
-    CDI_DIRS,
-    CDI_GENERATE,
-    CDI_KIND,
-    ToolkitFacts,
-    broken_tools,
-    cdi_driver_problem,
-    cdi_gpu_problem,
-    cdi_host_path_problem,
-    cdi_parse_problem,
-    cdi_shadowing_warning,
-    default_runtime_warning,
-    missing_toolkit,
-    mode_needs,
-    rootless_cgroups_problem,
-    runtime_problem,
-    version_skew,
-)
+from pytest_gpuhost.facts.toolkit import CDI_DIRS, CDI_GENERATE, CDI_KIND, ToolkitFacts, mode_needs
 from pytest_gpuhost.facts.toolkit_pitfalls import (
     cdi_support_problem,
     gpus_under_runc_problem,

@@ -19,6 +19,7 @@ import pytest
 from dockerlab import client_or_skip, run_suite, second_dockerd
 
 from conftest import LocalAsRemote
+from pytest_gpuhost.criteria.toolkit import daemon_reload_risk
 from pytest_gpuhost.docker.client import Endpoint, diagnose_permission
 from pytest_gpuhost.facts.docker_engine import (
     EngineFacts,
@@ -30,13 +31,7 @@ from pytest_gpuhost.facts.docker_engine import (
     read_socket_on,
     version_tuple,
 )
-from pytest_gpuhost.facts.toolkit import (
-    RUNTIME_CONFIG,
-    ConfigFile,
-    ToolInfo,
-    ToolkitFacts,
-    daemon_reload_risk,
-)
+from pytest_gpuhost.facts.toolkit import RUNTIME_CONFIG, ConfigFile, ToolInfo, ToolkitFacts
 from pytest_gpuhost.hosts.host import LocalHost
 
 DATA = Path(__file__).parent / "data"

@@ -10,31 +10,33 @@ from pathlib import Path
 import pytest
 from dockerlab import client_or_skip, run_suite, second_dockerd
 
-from pytest_gpuhost.facts import toolkit as toolkit_module
-from pytest_gpuhost.facts.docker_engine import DaemonProcess, EngineFacts, parse_engine
-from pytest_gpuhost.facts.model import GpuInfo
-from pytest_gpuhost.facts.toolkit import (
-    TOOLS,
-    ToolkitFacts,
+from pytest_gpuhost.criteria.toolkit import (
     broken_tools,
     cdi_driver_problem,
     cdi_gpu_problem,
     cdi_host_path_problem,
     cdi_parse_problem,
     cdi_shadowing_warning,
+    default_runtime_warning,
+    missing_toolkit,
+    rootless_cgroups_problem,
+    runtime_problem,
+    version_skew,
+)
+from pytest_gpuhost.facts import toolkit as toolkit_module
+from pytest_gpuhost.facts.docker_engine import DaemonProcess, EngineFacts, parse_engine
+from pytest_gpuhost.facts.model import GpuInfo
+from pytest_gpuhost.facts.toolkit import (
+    TOOLS,
+    ToolkitFacts,
     cdi_spec_dirs,
     daemon_config_path,
-    default_runtime_warning,
     gather_toolkit,
-    missing_toolkit,
     mode_needs,
     parse_simple_toml,
     parse_tool_version,
     read_cdi_specs,
-    rootless_cgroups_problem,
     runtime_config_path,
-    runtime_problem,
-    version_skew,
 )
 from pytest_gpuhost.hosts.host import LocalHost
 

@@ -19,18 +19,17 @@ from toolkit_daemon import (  # noqa: F401  (the fixture)
     toolkit_daemon_fixture,
 )
 
-from pytest_gpuhost.docker.containers import ContainerFailure, Containers, GpuRequest
-from pytest_gpuhost.facts.docker_engine import gather_engine, version_tuple
-from pytest_gpuhost.facts.toolkit import (
+from pytest_gpuhost.criteria.toolkit import (
     cdi_driver_problem,
     cdi_gpu_problem,
     cdi_host_path_problem,
     cdi_parse_problem,
-    gather_toolkit,
     missing_toolkit,
-    mode_needs,
     runtime_problem,
 )
+from pytest_gpuhost.docker.containers import ContainerFailure, Containers, GpuRequest
+from pytest_gpuhost.facts.docker_engine import gather_engine, version_tuple
+from pytest_gpuhost.facts.toolkit import gather_toolkit, mode_needs
 from pytest_gpuhost.facts.toolkit_pitfalls import (
     cdi_support_problem,
     gpus_under_runc_problem,
