@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from pytest_gpuhost.burn.workload import FAULT_ENV, WorkloadLog, WorkloadResult, script_path
-from pytest_gpuhost.workloads import burn
+from pytest_gpuhost.workloads import burn, burn_engines, burn_guard, burn_numerics, burn_output
 
 SCRIPT = script_path()
 GiB = 1 << 30
@@ -122,39 +122,39 @@ def running() -> Iterator[list[Running]]:
 
 
 def test_dtype_follows_the_compute_capability() -> None:
-    assert burn.pick_dtype((9, 0)) == burn.pick_dtype((8, 0)) == "bfloat16"
-    assert burn.pick_dtype((7, 5)) == burn.pick_dtype((7, 0)) == "float16"
-    assert burn.pick_dtype((6, 1)) == burn.pick_dtype(None) == "float32"
-    assert burn.pick_dtype((9, 0), backend="cupy") == "float32"
+    assert burn_numerics.pick_dtype((9, 0)) == burn_numerics.pick_dtype((8, 0)) == "bfloat16"
+    assert burn_numerics.pick_dtype((7, 5)) == burn_numerics.pick_dtype((7, 0)) == "float16"
+    assert burn_numerics.pick_dtype((6, 1)) == burn_numerics.pick_dtype(None) == "float32"
+    assert burn_numerics.pick_dtype((9, 0), backend="cupy") == "float32"
 
 
 def test_size_fits_the_budget() -> None:
     # An H100 80GB: the 20 GiB cap binds, n is the maximum, the outputs fill the rest.
-    n, buffers = burn.pick_size(79 * GiB, 0.5, 20 * GiB, "bfloat16", "float32")
-    assert n == burn.N_MAX and buffers == 17
+    n, buffers = burn_numerics.pick_size(79 * GiB, 0.5, 20 * GiB, "bfloat16", "float32")
+    assert n == burn_numerics.N_MAX and buffers == 17
     assert (2 * 2 + buffers * 4) * n * n <= 20 * GiB
     # A 1 GiB budget: n shrinks to the largest multiple of 256 that fits A, B and one output.
-    n, buffers = burn.pick_size(2 * GiB, 0.5, 20 * GiB, "float16", "float16")
-    assert n % 256 == 0 and n < burn.N_MAX and buffers >= 1
+    n, buffers = burn_numerics.pick_size(2 * GiB, 0.5, 20 * GiB, "float16", "float16")
+    assert n % 256 == 0 and n < burn_numerics.N_MAX and buffers >= 1
     assert (2 * 2 + buffers * 2) * n * n <= 1 * GiB * 0.9 < (2 * 2 + 2) * (n + 256) ** 2
     with pytest.raises(MemoryError):
-        burn.pick_size(1 << 20, 0.5, 20 * GiB, "float32", "float32")
+        burn_numerics.pick_size(1 << 20, 0.5, 20 * GiB, "float32", "float32")
 
 
 def test_tolerance_tracks_the_output_type_and_size() -> None:
-    bf16, fp32 = burn.tolerance_scale(16384, "bfloat16"), burn.tolerance_scale(16384, "float32")
+    bf16, fp32 = burn_numerics.tolerance_scale(16384, "bfloat16"), burn_numerics.tolerance_scale(16384, "float32")
     assert fp32 < bf16 / 5  # a float32 product verifies far more tightly than a bfloat16 one
-    assert burn.tolerance_scale(1024, "float32") < fp32  # accumulation error grows with n
+    assert burn_numerics.tolerance_scale(1024, "float32") < fp32  # accumulation error grows with n
     # Accumulation over n terms, plus the float32 partial column sums over blocks of 256 rows.
-    assert bf16 == pytest.approx(burn.SIGMAS * (2**-8 / math.sqrt(3) + (16384 + 256) * 2**-24 / 4))
-    assert (burn.block_rows(16384), burn.block_rows(100)) == (256, 1)
+    assert bf16 == pytest.approx(burn_numerics.SIGMAS * (2**-8 / math.sqrt(3) + (16384 + 256) * 2**-24 / 4))
+    assert (burn_numerics.block_rows(16384), burn_numerics.block_rows(100)) == (256, 1)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 def test_a_consistently_wrong_product_is_caught(dtype: str) -> None:
     """A GPU that is wrong the same way every time passes a self-comparison but not this check."""
     torch = needs_torch()
-    engine = burn.TorchEngine(torch, "cpu", 0)
+    engine = burn_engines.TorchEngine(torch, "cpu", 0)
     engine.setup(256, dtype, dtype, 2, seed=7)
     for it in range(4):
         engine.enqueue(it, verify=True, inject=False)
@@ -171,7 +171,7 @@ def test_a_consistently_wrong_product_is_caught(dtype: str) -> None:
 
 def test_injected_faults_are_each_caught_in_process() -> None:
     torch = needs_torch()
-    engine = burn.TorchEngine(torch, "cpu", 0)
+    engine = burn_engines.TorchEngine(torch, "cpu", 0)
     engine.setup(128, "bfloat16", "bfloat16", 3, seed=1)
     for it in range(30):
         engine.enqueue(it, verify=True, inject=(it + 1) % 7 == 0)
@@ -179,7 +179,7 @@ def test_injected_faults_are_each_caught_in_process() -> None:
 
 
 def test_json_has_no_nan() -> None:
-    assert burn.finite_or_none(float("nan")) is None and burn.finite_or_none(2.5) == 2.5
+    assert burn_numerics.finite_or_none(float("nan")) is None and burn_numerics.finite_or_none(2.5) == 2.5
 
 
 # --- the script, as a process --------------------------------------------------------------------
@@ -306,27 +306,27 @@ def test_the_thermal_guard_trips_at_the_limit_and_says_why() -> None:
         def flush(self) -> None:
             pass
 
-    stop = burn.StopFlag()
+    stop = burn_output.StopFlag()
     temps = iter([60.0, 70.0, 84.0, 85.0, 99.0])
-    guard = burn.ThermalGuard(
-        85.0, stop, burn.Output(Lines()), lambda: ["GPU-a"], lambda: {"GPU-a": next(temps)}, period_s=0.01
+    guard = burn_guard.ThermalGuard(
+        85.0, stop, burn_output.Output(Lines()), lambda: ["GPU-a"], lambda: {"GPU-a": next(temps)}, period_s=0.01
     )
     guard.start()
     guard.join(5)
-    assert stop.reason == burn.GUARD_STOP
+    assert stop.reason == burn_guard.GUARD_STOP
     assert guard.tripped == "GPU-a reached 85 °C, at or above the limit of 85 °C"
     log = WorkloadLog.from_lines("".join(out_lines).splitlines())
     assert log.thermal_guard == guard.tripped and not log.errors
 
 
 def test_the_thermal_guard_stops_a_burn_it_cannot_watch(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(burn, "GUARD_BLIND_S", 0.2)
-    stop = burn.StopFlag()
-    guard = burn.ThermalGuard(85.0, stop, burn.Output(), lambda: ["GPU-a"], lambda: {"GPU-a": None}, 0.01)
+    monkeypatch.setattr(burn_guard, "GUARD_BLIND_S", 0.2)
+    stop = burn_output.StopFlag()
+    guard = burn_guard.ThermalGuard(85.0, stop, burn_output.Output(), lambda: ["GPU-a"], lambda: {"GPU-a": None}, 0.01)
     started = time.monotonic()
     guard.start()
     guard.join(5)
-    assert stop.reason == burn.GUARD_STOP and time.monotonic() - started < 2
+    assert stop.reason == burn_guard.GUARD_STOP and time.monotonic() - started < 2
     assert guard.tripped is not None and "unreadable" in guard.tripped
 
 
@@ -334,13 +334,14 @@ HEATS_UP = """
 import sys, time
 sys.path.insert(0, {folder!r})
 import burn
+import burn_guard
 started = time.monotonic()
 class HeatingNvml:
     def handles(self):
         return {{"GPU-cpu": 0}}
     def temperature(self, handle):
         return 40.0 + 20.0 * (time.monotonic() - started)
-burn.Nvml = HeatingNvml
+burn_guard.Nvml = HeatingNvml
 sys.exit(burn.main(["--device", "cpu", "--n", "128", "--seconds", "60", "--temp-limit", "50"]))
 """
 
@@ -359,7 +360,7 @@ def test_the_workload_stops_itself_at_the_temperature_limit() -> None:
     assert time.monotonic() - started < 20
     log = WorkloadLog.from_lines(done.stdout.splitlines())
     assert log.thermal_guard is not None and "at or above the limit of 50 °C" in log.thermal_guard
-    assert log.results[0].stopped == burn.GUARD_STOP
+    assert log.results[0].stopped == burn_guard.GUARD_STOP
 
 
 def test_the_runner_passes_the_limit_and_its_guard_is_off_only_with_both_switches(

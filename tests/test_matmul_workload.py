@@ -26,6 +26,7 @@ import pytest
 from conftest import GpuhostPytester
 from pytest_gpuhost.compute import numerics
 from pytest_gpuhost.fixtures.workloads import MATMUL_DTYPES
+from pytest_gpuhost.workloads import matmul_frameworks
 
 SCRIPT = Path(__file__).resolve().parent.parent / "pytest_gpuhost" / "workloads" / "matmul.py"
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -71,7 +72,11 @@ def load_script() -> ModuleType:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(SCRIPT.parent))  # as when run as a script: its siblings sit beside it
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
     return module
 
 
@@ -270,7 +275,7 @@ def test_cuda_errors_are_classified(script: ModuleType, message: str, kind: str)
 
 
 def test_every_kind_the_script_reports_has_a_diagnosis() -> None:
-    source = SCRIPT.read_text()
+    source = SCRIPT.read_text() + SCRIPT.with_name("matmul_frameworks.py").read_text()
     kinds = set(re.findall(r'WorkloadError\(\s*"([a-z-]+)"', source))
     kinds |= set(re.findall(r'\("([a-z-]+)", \("', source))  # classify_error's table
     kinds |= set(re.findall(r'kind="([a-z-]+)"', source))
@@ -294,7 +299,7 @@ def _round_to_bits(x: float, bits: int) -> float:
 def test_inputs_are_rounded_to_each_dtypes_grid(script: ModuleType) -> None:
     import torch
 
-    fw = script.TorchFramework(torch, "cpu", 0)
+    fw = matmul_frameworks.TorchFramework(torch, "cpu", 0)
     a, b = fw.inputs(64, 7)
     a2, _ = fw.inputs(64, 7)
     assert torch.equal(a, a2) and not torch.equal(a, b)
@@ -342,7 +347,7 @@ def test_nan_from_the_gpu_is_a_violation_not_a_pass(script: ModuleType) -> None:
     """NaN compares false with everything: the comparison must count it, not skip it."""
     import torch
 
-    fw = script.TorchFramework(torch, "cpu", 0)
+    fw = matmul_frameworks.TorchFramework(torch, "cpu", 0)
     a, b = fw.inputs(600, 3)  # more rows than one comparison block
     got = a @ b
     got[550, 7] = math.nan
