@@ -142,7 +142,10 @@ def test_size_fits_the_budget() -> None:
 
 
 def test_tolerance_tracks_the_output_type_and_size() -> None:
-    bf16, fp32 = burn_numerics.tolerance_scale(16384, "bfloat16"), burn_numerics.tolerance_scale(16384, "float32")
+    bf16, fp32 = (
+        burn_numerics.tolerance_scale(16384, "bfloat16"),
+        burn_numerics.tolerance_scale(16384, "float32"),
+    )
     assert fp32 < bf16 / 5  # a float32 product verifies far more tightly than a bfloat16 one
     assert burn_numerics.tolerance_scale(1024, "float32") < fp32  # accumulation error grows with n
     # Accumulation over n terms, plus the float32 partial column sums over blocks of 256 rows.
@@ -309,7 +312,12 @@ def test_the_thermal_guard_trips_at_the_limit_and_says_why() -> None:
     stop = burn_output.StopFlag()
     temps = iter([60.0, 70.0, 84.0, 85.0, 99.0])
     guard = burn_guard.ThermalGuard(
-        85.0, stop, burn_output.Output(Lines()), lambda: ["GPU-a"], lambda: {"GPU-a": next(temps)}, period_s=0.01
+        85.0,
+        stop,
+        burn_output.Output(Lines()),
+        lambda: ["GPU-a"],
+        lambda: {"GPU-a": next(temps)},
+        period_s=0.01,
     )
     guard.start()
     guard.join(5)
@@ -322,7 +330,9 @@ def test_the_thermal_guard_trips_at_the_limit_and_says_why() -> None:
 def test_the_thermal_guard_stops_a_burn_it_cannot_watch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(burn_guard, "GUARD_BLIND_S", 0.2)
     stop = burn_output.StopFlag()
-    guard = burn_guard.ThermalGuard(85.0, stop, burn_output.Output(), lambda: ["GPU-a"], lambda: {"GPU-a": None}, 0.01)
+    guard = burn_guard.ThermalGuard(
+        85.0, stop, burn_output.Output(), lambda: ["GPU-a"], lambda: {"GPU-a": None}, 0.01
+    )
     started = time.monotonic()
     guard.start()
     guard.join(5)
