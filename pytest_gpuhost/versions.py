@@ -74,3 +74,14 @@ def parse_version(text: str | None) -> Version | None:
 def release_line(text: str) -> tuple[int, ...]:
     """``"26.1"`` to ``(26, 1)``: the numbers a release line's versions start with."""
     return tuple(int(part) for part in text.strip().split("."))
+
+
+_DOTTED = re.compile(r"\d+(?:\.\d+)*")
+
+
+def version_tuple(text: str | None) -> tuple[int, ...] | None:
+    """The first dotted number in ``text`` as integers, for comparing release lines: ``20.10.24+dfsg1``
+    is (20, 10, 24), ``v19.03`` (19, 3), a driver's CUDA ``12.4`` (12, 4); None without digits.
+    Advisories, which must order pre-releases and epochs, use ``parse_version``."""
+    match = _DOTTED.search(text or "")
+    return tuple(int(part) for part in match.group(0).split(".")) if match else None

@@ -8,9 +8,10 @@ import pytest
 
 from pytest_gpuhost.criteria.toolkit import daemon_config_problem, daemon_reload_risk
 from pytest_gpuhost.diagnosis import Diagnosis, fail, warn
-from pytest_gpuhost.facts.docker_engine import MIN_GPU_ENGINE, EngineFacts, version_tuple
+from pytest_gpuhost.facts.docker_engine import MIN_GPU_ENGINE, EngineFacts
 from pytest_gpuhost.facts.toolkit import ToolkitFacts
 from pytest_gpuhost.fixtures.docker import CHECK_DOCKER, DockerConnection, EngineProbe
+from pytest_gpuhost.versions import version_tuple
 
 pytestmark = pytest.mark.quick
 

@@ -29,10 +29,10 @@ from pytest_gpuhost.facts.docker_engine import (
     parse_engine,
     read_socket,
     read_socket_on,
-    version_tuple,
 )
 from pytest_gpuhost.facts.toolkit import RUNTIME_CONFIG, ConfigFile, ToolInfo, ToolkitFacts
 from pytest_gpuhost.hosts.host import LocalHost
+from pytest_gpuhost.versions import version_tuple
 
 DATA = Path(__file__).parent / "data"
 SUITE = "test_step_2_2_docker.py"
@@ -94,6 +94,9 @@ def test_rootless_and_cdi_from_info() -> None:
         ("20.10.24+dfsg1", (20, 10, 24)),
         ("v19.03", (19, 3)),
         ("28.2.2", (28, 2, 2)),
+        ("12.4", (12, 4)),  # a driver's CUDA version (image requirements use the same parser)
+        ("580.159.04", (580, 159, 4)),
+        ("Docker version 20.10.24, build 297e128", (20, 10, 24)),
         ("dev", None),
         (None, None),
     ],

@@ -28,7 +28,7 @@ from pytest_gpuhost.criteria.toolkit import (
     runtime_problem,
 )
 from pytest_gpuhost.docker.containers import ContainerFailure, Containers, GpuRequest
-from pytest_gpuhost.facts.docker_engine import gather_engine, version_tuple
+from pytest_gpuhost.facts.docker_engine import gather_engine
 from pytest_gpuhost.facts.toolkit import gather_toolkit, mode_needs
 from pytest_gpuhost.facts.toolkit_pitfalls import (
     cdi_support_problem,
@@ -36,6 +36,7 @@ from pytest_gpuhost.facts.toolkit_pitfalls import (
     hook_path_problem,
 )
 from pytest_gpuhost.hosts.host import LocalHost
+from pytest_gpuhost.versions import version_tuple
 
 SUITE = "test_step_2_3_toolkit.py"
 PROBE = ["sh", "-c", "ls /dev | grep nvidia; nvidia-smi -L"]

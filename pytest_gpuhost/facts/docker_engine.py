@@ -11,7 +11,6 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-import re
 import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +26,6 @@ if TYPE_CHECKING:
 MIN_GPU_ENGINE = (19, 3)
 DAEMON_NAMES = ("dockerd", "dockerd-rootless")
 DEFAULT_SOCKET = "/var/run/docker.sock"
-_VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
 
 
 def socket_path(docker_host: str | None) -> str | None:
@@ -37,14 +35,6 @@ def socket_path(docker_host: str | None) -> str | None:
     if docker_host.startswith("unix://"):
         return docker_host.removeprefix("unix://")
     return None
-
-
-def version_tuple(text: str | None) -> tuple[int, ...] | None:
-    """``20.10.24+dfsg1`` to ``(20, 10, 24)``; None when no version is in ``text``."""
-    match = _VERSION.search(text or "")
-    if not match:
-        return None
-    return tuple(int(part) for part in match.groups() if part is not None)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pytest_gpuhost.versions import version_tuple
+
 _CONSTRAINT = re.compile(r"^(?P<key>[a-z]+)\s*(?P<op>>=|<=|==|!=|=|>|<)\s*(?P<value>\S+)$")
 
 
@@ -49,13 +51,6 @@ def parse_require_cuda(text: str) -> CudaRequirement:
         if constraints:
             groups.append(tuple(constraints))
     return CudaRequirement(text, tuple(groups))
-
-
-def version_tuple(text: str | None) -> tuple[int, ...] | None:
-    if not text:
-        return None
-    parts = re.findall(r"\d+", text)
-    return tuple(int(p) for p in parts) if parts else None
 
 
 def _compare(left: tuple[int, ...], op: str, right: tuple[int, ...]) -> bool:

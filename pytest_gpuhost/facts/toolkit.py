@@ -15,9 +15,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_gpuhost.facts.docker_engine import EngineFacts, version_tuple
+from pytest_gpuhost.facts.docker_engine import EngineFacts
 from pytest_gpuhost.facts.model import GpuInfo
 from pytest_gpuhost.hosts.host import Host
+from pytest_gpuhost.versions import version_tuple
 
 TOOLS = ("nvidia-ctk", "nvidia-container-runtime", "nvidia-container-runtime-hook", "nvidia-container-cli")
 DAEMON_JSON = "/etc/docker/daemon.json"

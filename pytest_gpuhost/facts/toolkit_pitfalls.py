@@ -13,9 +13,10 @@ import os
 import re
 
 from pytest_gpuhost.diagnosis import Diagnosis
-from pytest_gpuhost.facts.docker_engine import EngineFacts, version_tuple
+from pytest_gpuhost.facts.docker_engine import EngineFacts
 from pytest_gpuhost.facts.toolkit import CDI_GENERATE, CDI_MODES, ToolkitFacts, daemon_environment, mode_needs
 from pytest_gpuhost.hosts.host import Host
+from pytest_gpuhost.versions import version_tuple
 
 HOOK = "nvidia-container-runtime-hook"
 SET_DEFAULT = (
