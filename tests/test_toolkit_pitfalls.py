@@ -136,7 +136,8 @@ def test_gpus_under_runc(mode: str, default: str | None, expected: bool) -> None
         ("26.1.5", None, (), 'without `"features": {"cdi": true}`'),
         ("26.1.5", {"cdi": True}, (), None),
         ("26.1.5", None, ("/etc/cdi",), None),  # the daemon reports its CDI dirs: CDI is on
-        ("28.0.1", None, (), None),
+        ("28.0.1", None, (), 'without `"features": {"cdi": true}`'),  # on by default from 28.2 only
+        ("28.2.0", None, (), None),
     ],
 )
 def test_cdi_support(

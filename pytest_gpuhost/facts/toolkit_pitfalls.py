@@ -27,7 +27,9 @@ ENABLE_CDI = (
     '(it adds `"features": {"cdi": true}` to /etc/docker/daemon.json)'
 )
 CDI_SINCE = (25,)  # Docker 25 is the first with CDI device requests
-CDI_ON_BY_DEFAULT = (28,)  # before 28 the `cdi` feature must be switched on in daemon.json
+# Before 28.2 the `cdi` feature must be switched on in daemon.json (28.2.0 release notes: "CDI is
+# now enabled by default", moby/moby#49963).
+CDI_ON_BY_DEFAULT = (28, 2)
 _HOOK_REFUSES = "invoking the nvidia container runtime hook directly"
 _NO_GPU_DRIVER = 'could not select device driver "" with capabilities: [[gpu]]'
 _NO_CDI_DRIVER = 'could not select device driver "cdi"'
@@ -64,9 +66,9 @@ def diagnose_toolkit_error(message: str, mode: str) -> Diagnosis | None:
     if _NO_CDI_DRIVER in lowered:
         return Diagnosis(
             f"the daemon does not accept CDI devices: {message}",
-            "CDI needs Docker 25 or newer (Docker 20.10-24 have no CDI at all), and on Docker 25-27 the "
+            "CDI needs Docker 25 or newer (Docker 20.10-24 have no CDI at all), and on Docker 25 to 28.1 the "
             '`"features": {"cdi": true}` switch in daemon.json',
-            f"on Docker 25-27: `{ENABLE_CDI}`; on older Docker: upgrade it, or use --gpuhost-gpu-access gpus or "
+            f"on Docker 25 to 28.1: `{ENABLE_CDI}`; on older Docker: upgrade it, or use --gpuhost-gpu-access gpus or "
             f"runtime; the spec itself comes from `{CDI_GENERATE}`",
         )
     if _NO_CLI in lowered:
@@ -162,7 +164,7 @@ def hook_path_problem(host: Host, engine: EngineFacts, access: str) -> Diagnosis
 
 
 def cdi_support_problem(engine: EngineFacts, toolkit: ToolkitFacts, access: str) -> Diagnosis | None:
-    """The cdi access mode needs Docker 25+, and the `cdi` feature on Docker 25-27."""
+    """The cdi access mode needs Docker 25+, and the `cdi` feature on Docker 25 to 28.1."""
     if access != "cdi":
         return None
     version = version_tuple(engine.engine_version)
@@ -181,7 +183,7 @@ def cdi_support_problem(engine: EngineFacts, toolkit: ToolkitFacts, access: str)
         return Diagnosis(
             f'Docker {engine.engine_version} without `"features": {{"cdi": true}}` '
             f"({toolkit.daemon_config.path}), and the suite uses --gpuhost-gpu-access cdi",
-            'Docker 25-27 accept CDI devices only with the `cdi` feature on (`could not select device driver "cdi"`)',
+            'Docker 25 to 28.1 accept CDI devices only with the `cdi` feature on (`could not select device driver "cdi"`)',
             f"`{ENABLE_CDI}`",
         )
     return None
