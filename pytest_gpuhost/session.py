@@ -33,19 +33,12 @@ from pytest_gpuhost.hosts.remote import (
     probe_reachable,
     unreachable_facts,
 )
-from pytest_gpuhost.options import TIER_RUNS, TIERS, UsageError
+from pytest_gpuhost.options import MARKER_TIERS, NEEDS_MARKER, TIER_RUNS, TIERS, UsageError
 from pytest_gpuhost.settings import Settings
 
 SESSION_KEY = pytest.StashKey["GpuhostSession"]()
-NEEDS_MARKER = "gpuhost_needs"
 TARGET = "gpuhost_target"
 FACTS_KEY = "gpuhost_facts"
-TIER_HELP = {
-    "quick": "gpuhost tier: facts and files only, finishes in seconds",
-    "container": "gpuhost tier: starts containers on the host",
-    "hardware": "gpuhost tier: HBM, PCIe, GPU-to-GPU and NCCL bandwidth and memory patterns (tens of seconds)",
-    "burn": "gpuhost tier: loads the GPUs at full power (--gpuhost-burn)",
-}
 
 
 def suite_dir() -> Path:
@@ -181,11 +174,6 @@ class GpuhostSession:
         from pytest_gpuhost.input_checks import check_inputs
 
         check_inputs(config, settings)  # output paths and the Dockerfile, before anything runs
-        for tier in TIERS:
-            config.addinivalue_line("markers", f"{tier}: {TIER_HELP[tier]}")
-        config.addinivalue_line(
-            "markers", f"{NEEDS_MARKER}(*names): skip unless these host preconditions hold"
-        )
         host = config.hook.pytest_gpuhost_make_host(config=config)
         if host is None and host_specs(config):  # testinfra is imported only when --hosts is given
             try:
@@ -440,7 +428,7 @@ class GpuhostSession:
         keep: list[pytest.Item] = []
         drop: list[pytest.Item] = []
         for item in items:
-            tiers = [m.name for m in item.iter_markers() if m.name in TIERS]
+            tiers = [MARKER_TIERS[m.name] for m in item.iter_markers() if m.name in MARKER_TIERS]
             lowest = min(tiers, key=TIERS.index) if tiers else None
             (drop if lowest is not None and lowest not in runs else keep).append(item)
         if drop:

@@ -11,7 +11,7 @@ from pytest_gpuhost.facts.docker_engine import MIN_GPU_ENGINE, EngineFacts, vers
 from pytest_gpuhost.facts.toolkit import ToolkitFacts, daemon_config_problem, daemon_reload_risk
 from pytest_gpuhost.fixtures.docker import CHECK_DOCKER, DockerConnection, EngineProbe
 
-pytestmark = pytest.mark.quick
+pytestmark = pytest.mark.gpuhost_quick
 
 DOCKER_INSTALL = "https://docs.docker.com/engine/install/"
 

@@ -17,7 +17,7 @@ from pytest_gpuhost.fixtures.containers import (
 )
 from pytest_gpuhost.settings import Settings
 
-pytestmark = [pytest.mark.container, pytest.mark.gpuhost_needs("gpu_listing")]
+pytestmark = [pytest.mark.gpuhost_container, pytest.mark.gpuhost_needs("gpu_listing")]
 
 
 def fail_with(diagnosis: Diagnosis) -> None:

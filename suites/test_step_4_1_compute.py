@@ -14,7 +14,7 @@ from pytest_gpuhost.profiles import ProfileSet
 from pytest_gpuhost.session import select_gpus
 from pytest_gpuhost.settings import Settings
 
-pytestmark = [pytest.mark.container, pytest.mark.gpuhost_needs("gpu_listing")]
+pytestmark = [pytest.mark.gpuhost_container, pytest.mark.gpuhost_needs("gpu_listing")]
 
 
 def _report(runs: MatmulRuns, gpu: GpuInfo) -> numerics.WorkloadReport:
