@@ -171,3 +171,29 @@ def test_public_fixtures_are_fixtures_under_gpuhost(gpuhost_pytester: GpuhostPyt
     listed = gpuhost_pytester.run_plain("--fixtures").stdout.str()
     absent = [name for name in public if not re.search(rf"^{name}\b", listed, flags=re.MULTILINE)]
     assert not absent, absent
+
+
+# -- CHANGELOG.md -----------------------------------------------------------------------------------
+
+
+def test_changelog_starts_with_unreleased_then_this_version() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    headings = re.findall(
+        r"^## (.+)$", (ROOT / "CHANGELOG.md").read_text(encoding="utf-8"), flags=re.MULTILINE
+    )
+    assert headings[0] == "Unreleased", headings
+    released = [h.split(" - ")[0] for h in headings[1:]]
+    assert project["version"] in released, f"CHANGELOG.md has no section for {project['version']}"
+
+
+def test_changelog_names_module_paths_that_exist() -> None:
+    """Each ``old`` → ``new`` import and each ``python -m`` line it names resolves today."""
+    import importlib.util
+
+    text = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    moved = re.findall(r"`([\w.]+)` → `([\w.]+)`", text)
+    commands = re.findall(r"is now `python -m ([\w.]+)", text)
+    assert len(moved) > 20 and commands, "the changelog's layout section is gone: update this test"
+    missing = [new for _, new in moved if importlib.util.find_spec(f"pytest_gpuhost.{new}") is None]
+    missing += [module for module in commands if importlib.util.find_spec(module) is None]
+    assert not missing, missing
