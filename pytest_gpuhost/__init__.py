@@ -20,19 +20,39 @@ Everything else is private and may change in any release.
 __all__ = ["__version__"]
 
 DISTRIBUTION = "pytest-gpuhost"
-UNKNOWN_VERSION = "0+unknown"  # a tree that is not installed: no metadata to read
+UNKNOWN_VERSION = "0+unknown"  # neither installed nor a checkout: no version to read
 
 __version__: str  # pyproject.toml's version, read on first use by __getattr__ below
 
 
 def installed_version() -> str:
-    """The installed distribution's version: pyproject.toml's ``version`` is its one source."""
+    """The installed distribution's version: pyproject.toml's ``version`` is its one source.
+
+    A checkout used through ``PYTHONPATH`` (no metadata) reads its own pyproject.toml instead.
+    """
     from importlib.metadata import PackageNotFoundError, version
 
     try:
         return version(DISTRIBUTION)
     except PackageNotFoundError:
-        return UNKNOWN_VERSION
+        return checkout_version() or UNKNOWN_VERSION
+
+
+def checkout_version(root: str | None = None) -> str | None:
+    """``version`` of the pyproject.toml beside this package, when it is pytest-gpuhost's."""
+    import os
+    import re
+
+    root = root or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        with open(os.path.join(root, "pyproject.toml"), encoding="utf-8") as file:
+            text = file.read()
+    except OSError:
+        return None
+    if not re.search(rf'^name = "{DISTRIBUTION}"$', text, flags=re.MULTILINE):
+        return None
+    found = re.search(r'^version = "([^"]+)"$', text, flags=re.MULTILINE)
+    return found.group(1) if found else None
 
 
 def __getattr__(name: str) -> str:

@@ -91,11 +91,19 @@ def test_version_is_written_once_in_pyproject() -> None:
     assert not written, written
 
 
-def test_version_falls_back_when_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_version_falls_back_when_not_installed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Without metadata, a checkout reads its pyproject.toml, and anything else says it does not know."""
+
     def not_installed(name: str) -> str:
         raise importlib.metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert pytest_gpuhost.installed_version() == project["version"]
+    assert pytest_gpuhost.checkout_version(str(tmp_path)) is None  # no pyproject.toml
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "other"\nversion = "9.9"\n')
+    assert pytest_gpuhost.checkout_version(str(tmp_path)) is None  # another project's
+    monkeypatch.setattr(pytest_gpuhost, "checkout_version", lambda root=None: None)
     assert pytest_gpuhost.installed_version() == pytest_gpuhost.UNKNOWN_VERSION == "0+unknown"
 
 
