@@ -11,6 +11,9 @@ import pytest
 if TYPE_CHECKING:
     from pytest_gpuhost.criteria.health import Verdict
 
+# The supported API (docs/api.md); everything else here is private and may change.
+__all__ = ["Diagnosis", "GpuhostWarning", "fail", "warn"]
+
 # The warnings of the check running now: fleet operations (``actions``) give its JUnit test case
 # the action of its warnings too, which pytest reports only after the test case is written.
 recent_warnings: list[Diagnosis] = []

@@ -10,6 +10,9 @@ import pytest
 if TYPE_CHECKING:
     from pytest_gpuhost.hosts.host import Host
 
+# The supported API (docs/api.md); everything else here is private and may change.
+__all__ = ["pytest_gpuhost_make_host"]
+
 
 @pytest.hookspec(firstresult=True)
 def pytest_gpuhost_make_host(config: pytest.Config) -> Host | Sequence[Host] | None:

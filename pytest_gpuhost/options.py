@@ -20,6 +20,23 @@ TIER_RUNS: dict[str, frozenset[str]] = {
     "hardware": frozenset({"quick", "container", "hardware"}),
     "burn": frozenset({"quick", "container", "burn"}),
 }
+# Each tier's marker carries our prefix: a user's own ``@pytest.mark.burn`` is theirs, and our
+# tier selection leaves it alone. The ``--gpuhost-tier`` values stay the bare tier names.
+TIER_MARKERS: dict[str, str] = {tier: f"gpuhost_{tier}" for tier in TIERS}
+MARKER_TIERS: dict[str, str] = {marker: tier for tier, marker in TIER_MARKERS.items()}
+NEEDS_MARKER = "gpuhost_needs"
+MEASURES_MARKER = "gpuhost_measures"
+TIER_HELP: dict[str, str] = {
+    "quick": "gpuhost tier: facts and files only, finishes in seconds",
+    "container": "gpuhost tier: starts containers on the host",
+    "hardware": "gpuhost tier: HBM, PCIe, GPU-to-GPU and NCCL bandwidth and memory patterns (tens of seconds)",
+    "burn": "gpuhost tier: loads the GPUs at full power (--gpuhost-burn)",
+}
+MARKER_HELP: dict[str, str] = {
+    **{TIER_MARKERS[tier]: TIER_HELP[tier] for tier in TIERS},
+    f"{NEEDS_MARKER}(*names)": "skip unless these host preconditions hold",
+    MEASURES_MARKER: "the check measures its GPU: skipped when the GPU is already busy",
+}
 GPU_ACCESS_MODES = ("gpus", "cdi", "runtime", "devices")
 PULL_POLICIES = ("missing", "always", "never")
 FAULT_SWITCH = "GPUHOST_ALLOW_FAULT_INJECTION"
@@ -293,6 +310,13 @@ def accept_negative_durations(parser: pytest.Parser) -> None:
         optparser._negative_number_matcher = re.compile(  # type: ignore[union-attr]
             rf"(?:{matcher.pattern})|^-\d+(?:\.\d+)?[smh]$"
         )
+
+
+def register_markers(config: pytest.Config) -> None:
+    """Our markers, registered in every session, with or without ``--gpuhost``: a project that
+    carries the suite's modules (or writes its own checks) may run them under ``--strict-markers``."""
+    for marker, help in MARKER_HELP.items():
+        config.addinivalue_line("markers", f"{marker}: {help}")
 
 
 def is_enabled(config: pytest.Config) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_gpuhost.options import UsageError, add_options, is_enabled
+from pytest_gpuhost.options import UsageError, add_options, is_enabled, register_markers
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -23,6 +23,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
+    register_markers(config)
     if not is_enabled(config):
         return
     from pytest_gpuhost.facts.nvml import reset_nvml_dead

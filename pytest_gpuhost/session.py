@@ -35,22 +35,15 @@ from pytest_gpuhost.hosts.remote import (
     unreachable_facts,
 )
 from pytest_gpuhost.interrupts import install_sigterm_handler
-from pytest_gpuhost.options import TIER_RUNS, TIERS, UsageError
+from pytest_gpuhost.options import MARKER_TIERS, NEEDS_MARKER, TIER_RUNS, TIERS, UsageError
 from pytest_gpuhost.reporting.junit import junit_to_system_out
 from pytest_gpuhost.reporting.terminal import fleet_table
 from pytest_gpuhost.rootdir import root_from_real_args
 from pytest_gpuhost.settings import Settings
 from pytest_gpuhost.stash import SESSION_KEY
 
-NEEDS_MARKER = "gpuhost_needs"
 TARGET = "gpuhost_target"
 FACTS_KEY = "gpuhost_facts"
-TIER_HELP = {
-    "quick": "gpuhost tier: facts and files only, finishes in seconds",
-    "container": "gpuhost tier: starts containers on the host",
-    "hardware": "gpuhost tier: HBM, PCIe, GPU-to-GPU and NCCL bandwidth and memory patterns (tens of seconds)",
-    "burn": "gpuhost tier: loads the GPUs at full power (--gpuhost-burn)",
-}
 
 
 def suite_dir() -> Path:
@@ -102,11 +95,6 @@ class GpuhostSession:
         from pytest_gpuhost.input_checks import check_inputs
 
         check_inputs(config, settings)  # output paths and the Dockerfile, before anything runs
-        for tier in TIERS:
-            config.addinivalue_line("markers", f"{tier}: {TIER_HELP[tier]}")
-        config.addinivalue_line(
-            "markers", f"{NEEDS_MARKER}(*names): skip unless these host preconditions hold"
-        )
         host = config.hook.pytest_gpuhost_make_host(config=config)
         if host is None and host_specs(config):  # testinfra is imported only when --hosts is given
             try:
@@ -361,7 +349,7 @@ class GpuhostSession:
         keep: list[pytest.Item] = []
         drop: list[pytest.Item] = []
         for item in items:
-            tiers = [m.name for m in item.iter_markers() if m.name in TIERS]
+            tiers = [MARKER_TIERS[m.name] for m in item.iter_markers() if m.name in MARKER_TIERS]
             lowest = min(tiers, key=TIERS.index) if tiers else None
             (drop if lowest is not None and lowest not in runs else keep).append(item)
         if drop:

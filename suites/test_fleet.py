@@ -10,7 +10,7 @@ import pytest
 from pytest_gpuhost.diagnosis import fail
 from pytest_gpuhost.session import GpuhostSession
 
-pytestmark = pytest.mark.quick
+pytestmark = pytest.mark.gpuhost_quick
 
 
 def test_host_reachable(gpuhost_session: GpuhostSession, gpuhost_target: str) -> None:

@@ -18,7 +18,7 @@ from pytest_gpuhost.profiles import ProfileSet, profile_for
 from pytest_gpuhost.stash import SESSION_KEY
 from pytest_gpuhost.timeouts import call_with_timeout
 
-pytestmark = [pytest.mark.hardware, pytest.mark.gpuhost_needs("gpu_listing")]
+pytestmark = [pytest.mark.gpuhost_hardware, pytest.mark.gpuhost_needs("gpu_listing")]
 
 
 def _label(gpu: GpuInfo) -> str:

@@ -38,7 +38,7 @@ from pytest_gpuhost.settings import Settings
 if TYPE_CHECKING:
     import docker
 
-pytestmark = pytest.mark.quick
+pytestmark = pytest.mark.gpuhost_quick
 
 
 def health_of(survey: HealthSurvey, gpu: GpuInfo) -> HealthFacts:

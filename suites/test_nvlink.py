@@ -12,7 +12,7 @@ from pytest_gpuhost.profiles import ProfileSet, profile_for
 from pytest_gpuhost.settings import Settings
 from pytest_gpuhost.timeouts import NativeCallTimeout, call_with_timeout
 
-pytestmark = [pytest.mark.quick, pytest.mark.gpuhost_needs("gpu_listing")]
+pytestmark = [pytest.mark.gpuhost_quick, pytest.mark.gpuhost_needs("gpu_listing")]
 
 
 def test_nvlink_state(

@@ -8,7 +8,7 @@ from pytest_gpuhost.diagnosis import fail
 from pytest_gpuhost.facts.model import HostFacts
 from pytest_gpuhost.settings import Settings
 
-pytestmark = pytest.mark.quick
+pytestmark = pytest.mark.gpuhost_quick
 
 BUS_FIX = (
     "look for the reason in `sudo dmesg | grep -i -e NVRM -e Xid` (Xid 79: fallen off the bus); "

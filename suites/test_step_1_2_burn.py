@@ -9,7 +9,7 @@ from pytest_gpuhost.burn.run import BurnOutcome
 from pytest_gpuhost.diagnosis import fail
 from pytest_gpuhost.facts.model import GpuInfo
 
-pytestmark = [pytest.mark.burn, pytest.mark.gpuhost_needs("telemetry", "gpu_listing")]
+pytestmark = [pytest.mark.gpuhost_burn, pytest.mark.gpuhost_needs("telemetry", "gpu_listing")]
 
 
 @pytest.mark.parametrize("criterion", CRITERIA)

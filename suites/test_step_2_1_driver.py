@@ -7,7 +7,7 @@ import pytest
 from pytest_gpuhost.diagnosis import fail, warn
 from pytest_gpuhost.facts.model import GpuInfo, GpuListing, HostFacts
 
-pytestmark = pytest.mark.quick
+pytestmark = pytest.mark.gpuhost_quick
 
 RELOAD_FIX = (
     "reboot; or, with no GPU process running, `sudo rmmod nvidia_uvm nvidia_drm nvidia_modeset nvidia "

@@ -13,7 +13,7 @@ from pytest_gpuhost.facts.toolkit import ToolkitFacts
 from pytest_gpuhost.fixtures.docker import CHECK_DOCKER, DockerConnection, EngineProbe
 from pytest_gpuhost.versions import version_tuple
 
-pytestmark = pytest.mark.quick
+pytestmark = pytest.mark.gpuhost_quick
 
 DOCKER_INSTALL = "https://docs.docker.com/engine/install/"
 

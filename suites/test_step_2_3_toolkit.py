@@ -38,7 +38,7 @@ from pytest_gpuhost.hosts.host import Host
 from pytest_gpuhost.hosts.remote import is_remote
 from pytest_gpuhost.settings import Settings
 
-pytestmark = pytest.mark.quick
+pytestmark = pytest.mark.gpuhost_quick
 
 CHECK_CDI = "test_cdi_specs_parse"
 CHECK_TOOLKIT = "test_toolkit_installed"

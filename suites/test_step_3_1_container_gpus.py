@@ -13,7 +13,7 @@ from pytest_gpuhost.facts.model import GpuInfo, HostFacts
 from pytest_gpuhost.fixtures.containers import CHECK_GPU_CONTAINER, GpuContainerProbe
 from pytest_gpuhost.settings import Settings
 
-pytestmark = [pytest.mark.container, pytest.mark.gpuhost_needs("gpu_listing")]
+pytestmark = [pytest.mark.gpuhost_container, pytest.mark.gpuhost_needs("gpu_listing")]
 
 
 def fail_with(diagnosis: Diagnosis) -> None:

@@ -38,7 +38,7 @@ def compose_files(settings: Settings) -> list[str]:
     return [f.strip() for f in (settings.compose or "").split(",") if f.strip()]
 
 
-@pytest.mark.quick
+@pytest.mark.gpuhost_quick
 def test_compose_gpu_reservations_valid(gpuhost_settings: Settings) -> None:
     """Each --gpuhost-compose file's GPU reservations follow Docker's compose rules."""
     assert CHECK_VALID == "test_compose_gpu_reservations_valid"
@@ -59,7 +59,7 @@ def test_compose_gpu_reservations_valid(gpuhost_settings: Settings) -> None:
         )
 
 
-@pytest.mark.container
+@pytest.mark.gpuhost_container
 @pytest.mark.gpuhost_needs("gpu_listing")
 def test_compose_service_sees_gpus(
     gpuhost_docker_connection: DockerConnection,

@@ -12,7 +12,7 @@ from pytest_gpuhost.fixtures.containers import GpuContainerProbe
 from pytest_gpuhost.fixtures.workloads import WorkloadImage
 from pytest_gpuhost.settings import Settings
 
-pytestmark = [pytest.mark.container, pytest.mark.gpuhost_needs("gpu_listing")]
+pytestmark = [pytest.mark.gpuhost_container, pytest.mark.gpuhost_needs("gpu_listing")]
 
 
 def test_custom_image_sees_the_gpus(

@@ -22,7 +22,7 @@ from pytest_gpuhost.fixtures.containers import GpuContainerProbe
 from pytest_gpuhost.fixtures.runtimes import CHECK_DEFAULTS, DefaultsProbe
 from pytest_gpuhost.settings import Settings
 
-pytestmark = pytest.mark.container
+pytestmark = pytest.mark.gpuhost_container
 
 
 def fail_with(diagnosis: Diagnosis) -> None:

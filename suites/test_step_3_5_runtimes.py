@@ -34,7 +34,7 @@ def unique_name(check: str) -> str:
     return f"gpuhost-{check}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
-@pytest.mark.quick
+@pytest.mark.gpuhost_quick
 def test_docker_access_path(gpuhost_daemon_access: AccessPath, gpuhost_local_user: str) -> None:
     """Names how this user reaches the daemon; a warning where that is root or the docker group.
 
@@ -74,7 +74,7 @@ def check_parity(runtime: str, image: str, run: RuntimeRun, facts: HostFacts) ->
         fail_with(problem)
 
 
-@pytest.mark.container
+@pytest.mark.gpuhost_container
 @pytest.mark.gpuhost_needs("gpu_listing")
 def test_enroot_sees_gpus(
     gpuhost_enroot: RuntimeTool,
@@ -101,7 +101,7 @@ def test_enroot_sees_gpus(
     check_parity("enroot", image, run, gpuhost_facts)
 
 
-@pytest.mark.container
+@pytest.mark.gpuhost_container
 @pytest.mark.gpuhost_needs("gpu_listing")
 def test_podman_cdi_sees_gpus(
     gpuhost_podman: RuntimeTool,

@@ -13,7 +13,7 @@ from pytest_gpuhost.hardware import floors
 from pytest_gpuhost.profiles import ProfileSet, profile_for
 from pytest_gpuhost.settings import Settings
 
-pytestmark = [pytest.mark.container, pytest.mark.gpuhost_needs("gpu_listing")]
+pytestmark = [pytest.mark.gpuhost_container, pytest.mark.gpuhost_needs("gpu_listing")]
 
 
 def _report(runs: MatmulRuns, gpu: GpuInfo) -> numerics.WorkloadReport:

@@ -30,7 +30,7 @@ from pytest_gpuhost.facts.toolkit import ToolkitFacts
 from pytest_gpuhost.hosts.host import Host
 from pytest_gpuhost.settings import Settings
 
-pytestmark = pytest.mark.quick
+pytestmark = pytest.mark.gpuhost_quick
 
 
 @pytest.fixture(scope="session")

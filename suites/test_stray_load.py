@@ -13,7 +13,7 @@ from pytest_gpuhost.diagnosis import fail
 from pytest_gpuhost.facts.model import GpuInfo
 from pytest_gpuhost.fixtures.stray_load import StraySurvey
 
-pytestmark = [pytest.mark.quick, pytest.mark.gpuhost_needs("gpu_listing")]
+pytestmark = [pytest.mark.gpuhost_quick, pytest.mark.gpuhost_needs("gpu_listing")]
 
 
 def test_no_stray_load(gpu: GpuInfo, gpuhost_stray_load: StraySurvey) -> None:

@@ -19,7 +19,7 @@ from pytest_gpuhost.reporting.baseline import (
 )
 from pytest_gpuhost.reporting.json_report import JsonReport
 
-pytestmark = pytest.mark.quick
+pytestmark = pytest.mark.gpuhost_quick
 
 SAVE_FIX = "record one from an accepted run: `pytest --gpuhost --gpuhost-save-baseline FILE`"
 

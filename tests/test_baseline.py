@@ -276,7 +276,7 @@ import os
 
 import pytest
 
-pytestmark = pytest.mark.quick
+pytestmark = pytest.mark.gpuhost_quick
 
 
 def test_docker_versions():

@@ -114,14 +114,14 @@ def test_collects_from_source_without_importing(tmp_path: Path) -> None:
 
             raise RuntimeError("imported")
 
-            pytestmark = [pytest.mark.container, pytest.mark.gpuhost_needs("driver")]
+            pytestmark = [pytest.mark.gpuhost_container, pytest.mark.gpuhost_needs("driver")]
             FIX = "`do " + "this`"
             DTYPES = ("a", "b")
 
             def _helper(n):
                 fail(f"found {n}", "a helper's cause", FIX)
 
-            @pytest.mark.quick
+            @pytest.mark.gpuhost_quick
             @pytest.mark.gpuhost_needs("gpu_listing")
             @pytest.mark.parametrize("dtype", DTYPES)
             def test_one(gpu, dtype):

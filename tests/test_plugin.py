@@ -283,22 +283,22 @@ def test_unmarked():
     pass
 
 
-@pytest.mark.quick
+@pytest.mark.gpuhost_quick
 def test_quick():
     pass
 
 
-@pytest.mark.container
+@pytest.mark.gpuhost_container
 def test_container():
     pass
 
 
-@pytest.mark.hardware
+@pytest.mark.gpuhost_hardware
 def test_hardware():
     pass
 
 
-@pytest.mark.burn
+@pytest.mark.gpuhost_burn
 def test_burn():
     pass
 """

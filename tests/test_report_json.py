@@ -69,7 +69,7 @@ import pytest
 
 from pytest_gpuhost.diagnosis import fail, warn
 
-pytestmark = pytest.mark.quick
+pytestmark = pytest.mark.gpuhost_quick
 
 
 def test_measures(gpu):
@@ -299,7 +299,7 @@ import signal
 
 import pytest
 
-pytestmark = pytest.mark.quick
+pytestmark = pytest.mark.gpuhost_quick
 
 
 def test_first(gpu):

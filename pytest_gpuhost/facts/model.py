@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+# The supported API (docs/api.md); everything else here is private and may change.
+__all__ = ["GpuInfo", "GpuListing", "HostFacts", "KernelFacts", "ListingSource", "PciGpu", "Precondition"]
+
 ListingSource = Literal["nvml", "nvidia-smi"]
 
 

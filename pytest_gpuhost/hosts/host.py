@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+# The supported API (docs/api.md); everything else here is private and may change.
+__all__ = ["DEFAULT_COMMAND_TIMEOUT", "CommandResult", "Host", "LocalHost"]
+
 DEFAULT_COMMAND_TIMEOUT = 30.0
 
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_gpuhost import __version__
-from pytest_gpuhost.options import TIERS
+from pytest_gpuhost.options import MARKER_TIERS
 from pytest_gpuhost.reporting.timestamps import now_iso
 
 if TYPE_CHECKING:
@@ -284,7 +284,7 @@ class JsonReport:
         report = yield
         report.gpuhost_check = getattr(item, "originalname", None) or item.name  # type: ignore[attr-defined]
         report.gpuhost_tier = next(  # type: ignore[attr-defined]
-            (m.name for m in item.iter_markers() if m.name in TIERS), None
+            (MARKER_TIERS[m.name] for m in item.iter_markers() if m.name in MARKER_TIERS), None
         )
         callspec = getattr(item, "callspec", None)
         params: dict[str, Any] = dict(callspec.params) if callspec is not None else {}
