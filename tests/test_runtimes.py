@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from docker_support import TEST_IMAGE, busybox_image, docker_client_or_skip
 from dockerlab import busybox_rootfs_tar
+from pytester_support import GpuhostPytester
 
-from conftest import GpuhostPytester
 from pytest_gpuhost.docker.containers import session_labels
 from pytest_gpuhost.facts.docker_engine import EngineFacts, SocketInfo, gather_engine, parse_engine
 from pytest_gpuhost.facts.model import GpuInfo
