@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from health_support import XID_79, health_host, healthy_log
 from prometheus_client.parser import text_string_to_metric_families
-from test_health import XID_79, health_host, healthy_log
-from test_report_json import validate
+from pytester_support import GpuhostPytester
+from report_support import validate
 
-from conftest import GpuhostPytester
 from pytest_gpuhost.diagnosis import Diagnosis
 from pytest_gpuhost.reporting.actions import (
     ACTIONS,
@@ -263,8 +263,7 @@ def test_xunit2_keeps_the_jenkins_schema_and_names_actions_in_the_suite(
 ) -> None:
     """pytest's default family: no test-case properties (its schema has none), the suite lists them."""
     import xmlschema
-
-    from conftest import DATA
+    from captures_support import DATA
 
     def remap_failed(dump: dict[str, Any]) -> None:
         dump["gpus"][0].update(remapped_rows=[0, 1, 0, 1])

@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from pytester_support import GpuhostPytester
 
 import pytest_gpuhost
-from conftest import GpuhostPytester
 from pytest_gpuhost.options import MARKER_HELP
 from pytest_gpuhost.reporting.baseline import make_baseline
 from pytest_gpuhost.reporting.json_report import JsonReport

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from pytester_support import GpuhostPytester
 
-from conftest import GpuhostPytester
 from pytest_gpuhost.reporting.baseline import (
     BaselineError,
     baseline_schema_path,

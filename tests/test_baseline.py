@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pytester_support import GpuhostPytester
 from report_support import REGISTER, report_args, set_report_env
 
-from conftest import GpuhostPytester
 from pytest_gpuhost.profiles import load_profiles
 from pytest_gpuhost.reporting.baseline import (
     BASELINE_SCHEMA,

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pytester_support import GpuhostPytester
 
-from conftest import GpuhostPytester
 from pytest_gpuhost.burn import series
 from pytest_gpuhost.burn.criteria import CRITERIA, Finding, Thresholds, evaluate
 from pytest_gpuhost.burn.guard import TemperatureGuard

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import docker
 import pytest
-from dockerlab import busybox_image, client_or_skip, run_suite
+from dockerlab import run_suite
 
 from pytest_gpuhost.docker.compose import (
     PROJECT_LABEL,
@@ -128,17 +127,6 @@ def compose() -> ComposeCommand:
             "neither `docker compose` nor `docker-compose` is installed (apt-get install docker-compose)"
         )
     return found
-
-
-@pytest.fixture(scope="module")
-def client() -> docker.DockerClient:
-    return client_or_skip()
-
-
-@pytest.fixture(scope="module")
-def image(client: docker.DockerClient) -> Iterator[str]:
-    with busybox_image(client) as tag:
-        yield tag
 
 
 def write_compose(folder: Path, image: str, command: str, gpu: bool = False) -> Path:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import docker
 import pytest
-from docker_support import busybox_image, docker_client_or_skip
 
 from pytest_gpuhost.docker.containers import (
     ALL_GPUS,
@@ -36,16 +35,6 @@ from pytest_gpuhost.hosts.host import LocalHost
 H100 = GpuInfo(
     index=0, uuid="GPU-042f1913-64c6-43ac-27c6-466e2d9041b0", name="NVIDIA H100", pci_bus_id="0000:00:06.0"
 )
-
-
-@pytest.fixture(scope="module")
-def client() -> docker.DockerClient:
-    return docker_client_or_skip()
-
-
-@pytest.fixture(scope="module")
-def image(client: docker.DockerClient) -> str:
-    return busybox_image(client)
 
 
 def ours(client: docker.DockerClient, check: str | None = None) -> list[str]:

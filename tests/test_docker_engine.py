@@ -17,8 +17,8 @@ from xml.etree import ElementTree
 
 import pytest
 from dockerlab import client_or_skip, run_suite, second_dockerd
+from hosts_support import LocalAsRemote
 
-from conftest import LocalAsRemote
 from pytest_gpuhost.criteria.toolkit import daemon_reload_risk
 from pytest_gpuhost.docker.client import Endpoint, diagnose_permission
 from pytest_gpuhost.facts.docker_engine import (

@@ -12,12 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from conftest import (
+from captures_support import (
     CAPTURES,
     DATA,
     FAKE_BIN,
-    LocalAsRemote,
     PciFunction,
     build_driver_tree,
     capture_devnodes,
@@ -25,6 +23,8 @@ from conftest import (
     capture_proc,
     load_nvml_dump,
 )
+from hosts_support import LocalAsRemote
+
 from pytest_gpuhost.facts import nvml as nvml_facts
 from pytest_gpuhost.facts.gather import (
     CHECK_DRIVER,

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 from docker_support import busybox_image, docker_client_or_skip
+from pytester_support import GpuhostPytester
 from sshd_support import SshLab, sshd_or_skip
 
-from conftest import GpuhostPytester
 from pytest_gpuhost.hosts.host import CommandResult
 from pytest_gpuhost.hosts.remote import TestinfraHost, diagnose_connection
 from pytest_gpuhost.hosts.scheduler import host_in_nodeid

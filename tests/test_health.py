@@ -21,9 +21,11 @@ from typing import Any
 import docker
 import pynvml
 import pytest
-from docker_support import busybox_image, docker_client_or_skip
+from captures_support import DATA, load_nvml_dump
+from docker_support import busybox_image
+from health_support import XID_79, health_host, healthy_log
+from pytester_support import GpuhostPytester
 
-from conftest import DATA, GpuhostPytester, load_nvml_dump
 from pytest_gpuhost.criteria.fabric import judge_fabric_manager, judge_gpu_fabric
 from pytest_gpuhost.criteria.health import (
     Verdict,
@@ -750,7 +752,6 @@ class FakeHost:
 # -- Xid -----------------------------------------------------------------------------------------
 
 # Real line formats: current drivers (pid='<unknown>', name=...), pid only, and before "PCI:".
-XID_79 = "[ 4254.197860] NVRM: Xid (PCI:0000:00:06): 79, pid='<unknown>', name=<unknown>, GPU has fallen off the bus."
 XID_63 = "[  812.004411] NVRM: Xid (PCI:0000:00:07): 63, pid=1896, Row Remapper: New row marked for remapping, reset gpu to activate."
 XID_13 = (
     "Nov 23 05:30:01 gpu-host kernel: NVRM: Xid (PCI:0000:00:06): 13, pid=4242, name=python3, "
@@ -762,10 +763,6 @@ OFF_BUS = (
     "               NVRM: (PCI ID: 10de:2335) installed in this system has\n"
     "               NVRM: fallen off the bus and is not responding to commands."
 )
-
-
-def healthy_log(capture: str) -> str:
-    return (DATA / capture / "kernel-log-nvidia.txt").read_text()
 
 
 def test_parse_xid_formats() -> None:
@@ -974,11 +971,6 @@ def test_judge_image_cuda() -> None:
 
 
 @pytest.fixture(scope="module")
-def client() -> docker.DockerClient:
-    return docker_client_or_skip()
-
-
-@pytest.fixture(scope="module")
 def cuda_images(client: docker.DockerClient) -> Iterator[dict[str, str]]:
     """Images whose only difference is NVIDIA_REQUIRE_CUDA, committed from the local busybox image."""
     base = busybox_image(client)
@@ -1019,34 +1011,6 @@ def test_image_requirement_against_the_real_daemon(
 
 
 # -- the suite, run against the faked H100 host --------------------------------------------------
-
-
-_PREPEND_PATH = """
-
-_gpuhost_make_host = pytest_gpuhost_make_host
-
-
-def pytest_gpuhost_make_host(config):
-    host = _gpuhost_make_host(config)
-    host.env["PATH"] = {bin_dir!r} + os.pathsep + host.env["PATH"]
-    return host
-"""
-
-
-def health_host(gp: GpuhostPytester, kernel_log: str | None, **setup: Any) -> None:
-    """``gp.setup("h100")`` with a fake ``dmesg`` (and a journal with no entries) first on the host's PATH."""
-    bin_dir = gp.work / "health-bin"
-    bin_dir.mkdir()
-    if kernel_log is None:
-        script = "#!/bin/sh\necho 'dmesg: read kernel buffer failed: Operation not permitted' >&2\nexit 1\n"
-    else:
-        (gp.work / "dmesg.txt").write_text(kernel_log)
-        script = f"#!/bin/sh\ncat {gp.work / 'dmesg.txt'}\n"
-    (bin_dir / "dmesg").write_text(script)
-    (bin_dir / "journalctl").write_text("#!/bin/sh\necho '-- No entries --'\n")
-    for tool in ("dmesg", "journalctl"):
-        (bin_dir / tool).chmod(0o755)
-    gp.setup("h100", extra_conftest=_PREPEND_PATH.format(bin_dir=str(bin_dir)), **setup)
 
 
 def run_health(gp: GpuhostPytester, *args: str) -> pytest.RunResult:

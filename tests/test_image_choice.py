@@ -15,10 +15,9 @@ from typing import Any
 
 import docker
 import pytest
-from docker_support import busybox_image, docker_client_or_skip
+from pytester_support import GpuhostPytester
 from registry_support import Registry, loopback_registry, push_image, remove_image
 
-from conftest import GpuhostPytester
 from pytest_gpuhost.docker import image_table
 from pytest_gpuhost.docker.images import ImageUnavailable, PullProgress, image_present, pull_image
 
@@ -101,27 +100,16 @@ def test_the_table_by_driver_branch() -> None:
 
 
 @pytest.fixture(scope="module")
-def client() -> docker.DockerClient:
-    return docker_client_or_skip()
-
-
-@pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     with loopback_registry(tmp_path_factory.mktemp("registry")) as running:
         yield running
 
 
-@pytest.fixture(scope="module")
-def base(client: docker.DockerClient) -> Iterator[str]:
-    tag = busybox_image(client)
-    yield tag
-
-
 def test_a_pull_shows_layers_bytes_rate_and_time(
-    client: docker.DockerClient, registry: Registry, base: str, tmp_path: Path
+    client: docker.DockerClient, registry: Registry, image: str, tmp_path: Path
 ) -> None:
     name = registry.name("gpuhost-test/progress:1")
-    push_image(client, base, name, tmp_path, payload_mib=24)
+    push_image(client, image, name, tmp_path, payload_mib=24)
     lines: list[tuple[str, bool]] = []
     events: list[dict[str, Any]] = []
     try:
@@ -153,10 +141,10 @@ def test_a_pull_shows_layers_bytes_rate_and_time(
 
 
 def test_a_registry_paused_mid_pull_is_a_stall(
-    client: docker.DockerClient, registry: Registry, base: str, tmp_path: Path
+    client: docker.DockerClient, registry: Registry, image: str, tmp_path: Path
 ) -> None:
     name = registry.name("gpuhost-test/stall:1")
-    push_image(client, base, name, tmp_path, payload_mib=48)
+    push_image(client, image, name, tmp_path, payload_mib=48)
     paused: list[str] = []
 
     def pause_at_first_layer(event: Any) -> None:
@@ -202,13 +190,13 @@ def test_the_suite_pulls_the_chosen_images_once(
     gpuhost_pytester: GpuhostPytester,
     client: docker.DockerClient,
     registry: Registry,
-    base: str,
+    image: str,
     tmp_path: Path,
 ) -> None:
     """The images chosen for driver 570 come from the registry, with a closing line; a second run pulls nothing."""
-    image, workload = (registry.name(name) for name in EXPECTED["570.172.08"])
-    push_image(client, base, image, tmp_path)
-    push_image(client, base, workload, tmp_path, payload_mib=8)
+    cuda_image, workload = (registry.name(name) for name in EXPECTED["570.172.08"])
+    push_image(client, image, cuda_image, tmp_path)
+    push_image(client, image, workload, tmp_path, payload_mib=8)
     as_driver(gpuhost_pytester, "570.172.08")
     args = ("--gpuhost-registry", registry.host, "-k", "test_custom_image_sees_the_gpus", "-rs")
     try:
@@ -217,14 +205,16 @@ def test_the_suite_pulls_the_chosen_images_once(
         first.stdout.fnmatch_lines([f"gpuhost: pulled {workload}: *"])
         assert "Traceback" not in first.stdout.str()
         assert "<testcase" in junit.read_text() and "gpuhost: pull" not in junit.read_text()  # not captured
-        assert image_present(client, image) and image_present(client, workload)
+        assert image_present(client, cuda_image) and image_present(client, workload)
         started = time.monotonic()
         second = gpuhost_pytester.run_plain(*args)
-        second.stdout.fnmatch_lines([f"gpuhost: image {image}: *", f"gpuhost: workload image {workload}: *"])
+        second.stdout.fnmatch_lines(
+            [f"gpuhost: image {cuda_image}: *", f"gpuhost: workload image {workload}: *"]
+        )
         assert "gpuhost: pulled" not in second.stdout.str()
         assert time.monotonic() - started < 30
     finally:
-        remove_image(client, image)
+        remove_image(client, cuda_image)
         remove_image(client, workload)
 
 
@@ -277,13 +267,13 @@ def gpuhost_gpu_container():
 
 
 def test_a_load_that_cannot_start_reads_the_link_at_idle(
-    gpuhost_pytester: GpuhostPytester, client: docker.DockerClient, base: str
+    gpuhost_pytester: GpuhostPytester, client: docker.DockerClient, image: str
 ) -> None:
     """The load container cannot start (this machine has no GPU device nodes): each check says so, read at idle."""
     gpuhost_pytester.setup("h100", extra_conftest=_WORKING_GPU_CONTAINERS)
     result = gpuhost_pytester.run_plain(
         "--gpuhost-workload-image",
-        base,
+        image,
         "--gpuhost-gpu-access",
         "devices",
         "--gpuhost-pull",

@@ -14,9 +14,8 @@ from typing import Any
 
 import docker
 import pytest
-from dockerlab import busybox_image, client_or_skip
+from pytester_support import GpuhostPytester
 
-from conftest import GpuhostPytester
 from pytest_gpuhost.docker.images import (
     LABEL_DOCKERFILE,
     LABEL_OWNER,
@@ -33,26 +32,15 @@ PROBE = Path(__file__).resolve().parent.parent / "pytest_gpuhost" / "workloads" 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "Dockerfile"
 
 
-@pytest.fixture(scope="module")
-def client() -> docker.DockerClient:
-    return client_or_skip()
-
-
-@pytest.fixture(scope="module")
-def base(client: docker.DockerClient) -> Iterator[str]:
-    with busybox_image(client) as tag:
-        yield tag
-
-
 def remove(client: docker.DockerClient, tag: str) -> None:
     with contextlib.suppress(docker.errors.NotFound):
         client.images.remove(tag, force=True)
 
 
-def test_build_from_a_local_base(client: docker.DockerClient, base: str, tmp_path: Path) -> None:
+def test_build_from_a_local_base(client: docker.DockerClient, image: str, tmp_path: Path) -> None:
     dockerfile = tmp_path / "Dockerfile"
     dockerfile.write_text(
-        f'FROM {base}\nCOPY marker.txt /marker.txt\nRUN echo built > /built\nCMD ["cat", "/built"]\n'
+        f'FROM {image}\nCOPY marker.txt /marker.txt\nRUN echo built > /built\nCMD ["cat", "/built"]\n'
     )
     (tmp_path / "marker.txt").write_text("context was sent\n")
     tag = build_image(client, dockerfile, network_mode="none", timeout=120)
@@ -70,9 +58,9 @@ def test_build_from_a_local_base(client: docker.DockerClient, base: str, tmp_pat
         remove(client, tag)
 
 
-def test_failing_step_becomes_a_diagnosis(client: docker.DockerClient, base: str, tmp_path: Path) -> None:
+def test_failing_step_becomes_a_diagnosis(client: docker.DockerClient, image: str, tmp_path: Path) -> None:
     dockerfile = tmp_path / "Dockerfile"
-    dockerfile.write_text(f"FROM {base}\nRUN echo compiling && echo 'no space left' >&2 && false\n")
+    dockerfile.write_text(f"FROM {image}\nRUN echo compiling && echo 'no space left' >&2 && false\n")
     tag = image_tag(dockerfile.resolve())
     try:
         with pytest.raises(ImageUnavailable) as caught:
@@ -231,7 +219,7 @@ def test_probe_with_a_broken_torch(tmp_path: Path) -> None:
 
 
 def test_a_build_shows_its_steps(
-    client: docker.DockerClient, base: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    client: docker.DockerClient, image: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from pytest_gpuhost.docker import images
 
@@ -241,7 +229,7 @@ def test_a_build_shows_its_steps(
     )
     monkeypatch.setattr(images, "PROGRESS_EVERY_S", 0.0)
     dockerfile = tmp_path / "Dockerfile"
-    dockerfile.write_text(f"FROM {base}\nRUN sleep 1\nRUN echo done > /done\n")
+    dockerfile.write_text(f"FROM {image}\nRUN sleep 1\nRUN echo done > /done\n")
     tag = build_image(client, dockerfile, network_mode="none", timeout=120)
     try:
         assert any(re.search(r"Step 2/\d+ : RUN sleep 1", text) and not final for text, final in lines), lines
@@ -253,11 +241,11 @@ def test_a_build_shows_its_steps(
 
 
 def test_the_suite_builds_from_the_dockerfile_and_removes_it_at_the_end(
-    gpuhost_pytester: GpuhostPytester, client: docker.DockerClient, base: str, tmp_path: Path
+    gpuhost_pytester: GpuhostPytester, client: docker.DockerClient, image: str, tmp_path: Path
 ) -> None:
     """--gpuhost-dockerfile: the workload image is built under its content tag and removed at the end."""
     dockerfile = tmp_path / "Dockerfile"
-    dockerfile.write_text(f"FROM {base}\nCOPY marker /marker\n")  # no RUN: this daemon may have no bridge
+    dockerfile.write_text(f"FROM {image}\nCOPY marker /marker\n")  # no RUN: this daemon may have no bridge
     (tmp_path / "marker").write_text("built\n")
     tag = image_tag(dockerfile.resolve())
     gpuhost_pytester.setup("h100")

@@ -11,9 +11,9 @@ from typing import Any, cast
 
 import pytest
 import xmlschema
+from captures_support import DATA, capture_devnodes, load_nvml_dump
 from junitparser import Error, Failure, JUnitXml, Skipped, TestCase, TestSuite
-
-from conftest import DATA, GpuhostPytester, capture_devnodes, load_nvml_dump
+from pytester_support import GpuhostPytester
 
 SCHEMA = DATA / "junit-10.xsd"
 PER_GPU_CHECKS = {"test_gpu_device_node", "test_nvidia_smi_matches_nvml", "test_persistence_mode"}

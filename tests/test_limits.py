@@ -8,9 +8,9 @@ from pathlib import Path
 
 import docker
 import pytest
-from docker_support import TEST_IMAGE, busybox_image, docker_client_or_skip
+from docker_support import TEST_IMAGE
+from pytester_support import GpuhostPytester
 
-from conftest import GpuhostPytester
 from pytest_gpuhost.criteria.limits import limit_refusal, limits_problem, memlock_warning, shm_warning
 from pytest_gpuhost.docker.containers import LABEL_OWNER, NO_GPUS, Containers
 from pytest_gpuhost.facts.limits import (
@@ -165,16 +165,6 @@ def test_warnings_name_the_daemon_json_keys() -> None:
 
 
 # -- the real daemon ----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def client() -> docker.DockerClient:
-    return docker_client_or_skip()
-
-
-@pytest.fixture(scope="module")
-def image(client: docker.DockerClient) -> str:
-    return busybox_image(client)
 
 
 def left_over(client: docker.DockerClient, check: str) -> list[str]:

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from captures_support import FAKE_BIN
 from dockerlab import client_or_skip
+from pytester_support import GpuhostPytester
 from sshd_support import SshLab, sshd_or_skip
 
-from conftest import FAKE_BIN, GpuhostPytester
 from pytest_gpuhost.criteria.advisories import AdvisoryTable, AdvisoryTableError, load_table, parse_table
 from pytest_gpuhost.criteria.maintenance import (
     judge_docker,

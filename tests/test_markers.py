@@ -8,8 +8,8 @@ import ast
 import re
 
 import pytest
+from pytester_support import GpuhostPytester
 
-from conftest import GpuhostPytester
 from pytest_gpuhost.options import MARKER_HELP, MARKER_TIERS, TIER_MARKERS, TIERS
 from pytest_gpuhost.session import suite_dir
 

@@ -22,8 +22,8 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from pytester_support import GpuhostPytester
 
-from conftest import GpuhostPytester
 from pytest_gpuhost.compute import numerics
 from pytest_gpuhost.fixtures.workloads import MATMUL_DTYPES
 from pytest_gpuhost.workloads import matmul_frameworks

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 from junitparser import JUnitXml
-from test_report_json import _node_report
+from pytester_support import GpuhostPytester
+from report_support import node_report
 
-from conftest import GpuhostPytester
 from pytest_gpuhost.reporting.merge import main, merge_junit
 
 
 def test_json_reports_merge_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    nodes = [_node_report(tmp_path, "node-a", "passed"), _node_report(tmp_path, "node-b", "failed")]
+    nodes = [node_report(tmp_path, "node-a", "passed"), node_report(tmp_path, "node-b", "failed")]
     out = tmp_path / "out" / "fleet.json"
     assert main([str(out), *map(str, nodes)]) == 0
     document = json.loads(out.read_text())
@@ -27,7 +27,7 @@ def test_json_reports_merge_through_the_cli(tmp_path: Path, capsys: pytest.Captu
 
 
 def test_cli_refuses_duplicate_hosts_without_a_traceback(tmp_path: Path) -> None:
-    node = _node_report(tmp_path, "node-a", "passed")
+    node = node_report(tmp_path, "node-a", "passed")
     proc = subprocess.run(
         [
             sys.executable,

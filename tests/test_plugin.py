@@ -10,9 +10,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from pytester_support import GpuhostPytester
 
 import pytest_gpuhost
-from conftest import GpuhostPytester
 from pytest_gpuhost.options import FAULT_SWITCH, OPTIONS, TIERS, OptionSpec
 from pytest_gpuhost.session import suite_dir
 from pytest_gpuhost.settings import Settings

@@ -8,8 +8,8 @@ import re
 from pathlib import Path
 
 import pytest
+from captures_support import CAPTURES, DATA
 
-from conftest import CAPTURES, DATA
 from pytest_gpuhost.options import UsageError
 from pytest_gpuhost.profiles import (
     DEFAULT,

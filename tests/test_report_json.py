@@ -11,9 +11,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from report_support import REGISTER, report_args, set_report_env
+from captures_support import FAKES, load_nvml_dump
+from pytester_support import GpuhostPytester
+from report_support import REGISTER, node_report, report_args, set_report_env, validate
 
-from conftest import FAKES, GpuhostPytester, load_nvml_dump
 from pytest_gpuhost.reporting.json_report import (
     OUTCOMES,
     SCHEMA,
@@ -23,7 +24,6 @@ from pytest_gpuhost.reporting.json_report import (
     merge_reports,
     parse_diagnosis,
     parse_metrics,
-    schema_path,
     summarize,
     write_json,
 )
@@ -31,37 +31,6 @@ from pytest_gpuhost.reporting.json_report import (
 jsonschema = pytest.importorskip("jsonschema")
 
 H100_UUID: str = load_nvml_dump("h100")["gpus"][0]["uuid"]
-RESULT_KEYS = {
-    "nodeid",
-    "check",
-    "group",
-    "host",
-    "gpu",
-    "params",
-    "tier",
-    "outcome",
-    "action",
-    "duration_s",
-    "diagnosis",
-    "message",
-    "skip_reason",
-    "warnings",
-    "metrics",
-}
-TOP_KEYS = {
-    "schema",
-    "plugin_version",
-    "pytest_version",
-    "created",
-    "started",
-    "duration_s",
-    "exit_status",
-    "interrupted",
-    "collected",
-    "hosts",
-    "results",
-    "summary",
-}
 CHECKS = """
 import warnings
 
@@ -102,14 +71,6 @@ def test_errors(broken):
 def test_params(gpu, dtype):
     print(f"gpuhost.metric dtype={dtype}")
 """
-
-
-def validate(document: dict[str, Any]) -> None:
-    schema = json.loads(schema_path().read_text())
-    jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker()).validate(document)
-    assert set(document) - {"merged_from"} == TOP_KEYS
-    for result in document["results"]:
-        assert set(result) == RESULT_KEYS
 
 
 def by_check(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -447,19 +408,9 @@ def test_a_run_without_results_does_not_replace_a_baseline(tmp_path: Path) -> No
 # -- fleets ----------------------------------------------------------------------------------------
 
 
-def _node_report(tmp_path: Path, host: str, outcome: str) -> Path:
-    report = JsonReport(None, lambda: {"host": host, "gpus": [], "driver": "580.159.04"})
-    record = report._record("suites/test_step_2_1_driver.py::test_nvidia_smi_runs")
-    record["outcome"] = outcome
-    report._collected = 1
-    path = tmp_path / f"{host}.json"
-    path.write_text(json.dumps(report.build(exitstatus=0 if outcome == "passed" else 1)))
-    return path
-
-
 def test_merged_reports_keep_each_nodes_host(tmp_path: Path) -> None:
     merged = merge_reports(
-        [_node_report(tmp_path, "node-a", "passed"), _node_report(tmp_path, "node-b", "failed")]
+        [node_report(tmp_path, "node-a", "passed"), node_report(tmp_path, "node-b", "failed")]
     )
     validate(merged)
     assert [h["host"] for h in merged["hosts"]] == ["node-a", "node-b"]
@@ -473,7 +424,7 @@ def test_merged_reports_keep_each_nodes_host(tmp_path: Path) -> None:
 
 
 def test_merging_refuses_two_reports_of_one_host(tmp_path: Path) -> None:
-    first = _node_report(tmp_path, "node-a", "passed")
+    first = node_report(tmp_path, "node-a", "passed")
     second = tmp_path / "again.json"
     second.write_text(first.read_text())
     with pytest.raises(ValueError, match=r"again\.json: host 'node-a' is already in .*node-a\.json"):

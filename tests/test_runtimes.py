@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from docker_support import TEST_IMAGE, busybox_image, docker_client_or_skip
 from dockerlab import busybox_rootfs_tar
+from pytester_support import GpuhostPytester
 
-from conftest import GpuhostPytester
 from pytest_gpuhost.criteria.limits import access_warning
 from pytest_gpuhost.criteria.runtimes import parity_problem
 from pytest_gpuhost.docker.containers import session_labels

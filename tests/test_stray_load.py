@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 from docker_support import busybox_image, docker_client_or_skip
+from pytester_support import GpuhostPytester
 
-from conftest import GpuhostPytester
 from pytest_gpuhost.burn.criteria import CRITERIA
 from pytest_gpuhost.docker.containers import (
     LABEL_CHECK,

@@ -13,8 +13,8 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-
-from conftest import GpuhostPytester, capture_devnodes, capture_pci, load_nvml_dump
+from captures_support import capture_devnodes, capture_pci, load_nvml_dump
+from pytester_support import GpuhostPytester
 
 H100_ID = "gpu0-042f1913"
 H200_IDS = ("gpu0-c5fa4f09", "gpu1-1b94c864")

@@ -12,12 +12,7 @@ import re
 
 import pytest
 from dockerlab import busybox_image, client_or_skip, run_suite
-from toolkit_daemon import (  # noqa: F401  (the fixture)
-    STALE_DRIVER,
-    ToolkitDaemon,
-    misconfigured_toolkit_daemon,
-    toolkit_daemon_fixture,
-)
+from toolkit_daemon import STALE_DRIVER, ToolkitDaemon, misconfigured_toolkit_daemon
 
 from pytest_gpuhost.criteria.toolkit import (
     cdi_driver_problem,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import docker
 import pytest
-from docker_support import busybox_image, docker_client_or_skip
+from docker_support import busybox_image
 
 from pytest_gpuhost.compute.runner import (
     MOUNT_POINT,
@@ -17,11 +17,6 @@ from pytest_gpuhost.compute.runner import (
 from pytest_gpuhost.docker.containers import NO_GPUS, ContainerFailure, ContainerResult, Containers
 from pytest_gpuhost.hosts.host import LocalHost
 from pytest_gpuhost.settings import Settings
-
-
-@pytest.fixture(scope="module")
-def client() -> docker.DockerClient:
-    return docker_client_or_skip()
 
 
 def settings_for(image: str) -> Settings:

@@ -64,8 +64,9 @@ def read_env(path: Path) -> dict[str, str]:
     return {key: value for key, _, value in pairs}
 
 
-@pytest.fixture(scope="session", name="toolkit_daemon")
-def toolkit_daemon_fixture() -> Iterator[ToolkitDaemon]:
+@contextmanager
+def connect_toolkit_daemon() -> Iterator[ToolkitDaemon]:
+    """The daemon that ``$GPUHOST_TK_DIR/env`` names, for the ``toolkit_daemon`` fixture of conftest."""
     env_file = TK_DIR / "env"
     if not env_file.exists():
         _unavailable(f"no toolkit daemon: {env_file} does not exist")
