@@ -297,6 +297,8 @@ class PatternTest:
                 self.kernel = kernels.PatternKernel.load(self.torch, self.dev.index, MAX_REPORTED)
             except kernels.KernelUnavailable as exc:
                 self.engine_reason = " ".join(str(exc).split())[:800]
+            except Exception as exc:  # a fault of the loader itself: the torch path still tests
+                self.engine_reason = f"loading the pattern kernels: {type(exc).__name__}: {exc}"[:800]
             else:
                 self.engine, self.engine_reason = "nvrtc", None
                 return
