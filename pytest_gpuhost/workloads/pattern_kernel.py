@@ -195,6 +195,8 @@ def load_first(candidates: list[str], what: str) -> tuple[Any, str]:
             for builtins in sorted(
                 glob.glob(os.path.join(os.path.dirname(candidate), "libnvrtc-builtins*.so*"))
             ):
+                if ".alt." in os.path.basename(builtins):  # the variant NVRTC does not load by name
+                    continue
                 try:
                     ctypes.CDLL(builtins, mode=ctypes.RTLD_GLOBAL)
                     break
@@ -204,7 +206,8 @@ def load_first(candidates: list[str], what: str) -> tuple[Any, str]:
             return open_library(candidate), candidate
         except OSError as exc:
             errors.append(f"{candidate}: {exc}")
-    tried = "; ".join(errors[-4:]) if errors else "no candidate"
+    shown = errors if len(errors) <= 3 else [*errors[:2], "...", errors[-1]]
+    tried = "; ".join(shown) if shown else "no candidate"
     raise KernelUnavailable(f"{what} could not be loaded ({len(candidates)} tried; {tried})")
 
 
