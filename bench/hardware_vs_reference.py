@@ -5,9 +5,13 @@ and the pattern test's rate) and ``bench/copy_reference.cu``, plain ``cudaMemcpy
 same sizes, compiled here with nvcc at run time. With two GPUs or more and ``--nccl-tests`` (a
 built ``all_reduce_perf``), our ``workloads/allreduce.py`` against nccl-tests' bus bandwidth; with
 one GPU that comparison is skipped and says so. Prints a table of ratios ours / reference; the
-goal is >= 0.95 for every bandwidth and >= 1 TB/s of memory pattern-tested per GPU.
+goal is >= 0.95 for every bandwidth and >= 1 TB/s of memory pattern-tested per GPU (allocated
+bytes x patterns run / pattern seconds), with the engine that ran the patterns (the NVRTC
+kernels, or torch and why) and each pattern's rate; ``--compare-torch-patterns`` runs the torch
+engine too.
 
     /opt/torch/.venv/bin/python3 bench/hardware_vs_reference.py [--gpu 0] [--nccl-tests PATH]
+        [--compare-torch-patterns]
 """
 
 from __future__ import annotations
@@ -51,9 +55,46 @@ def run_json(argv: list[str], timeout: float, env: dict[str, str] | None = None)
     return {"error": f"exit {proc.returncode}: {(proc.stderr or proc.stdout).strip()[-400:]}"}
 
 
-def ours(python: str, gpu: int) -> dict[str, Any]:
+def ours(python: str, gpu: int, *extra: str) -> dict[str, Any]:
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu)}
-    return run_json([python, str(WORKLOADS / "memory.py"), "--gpu-index", "0"], 300, env)
+    return run_json([python, str(WORKLOADS / "memory.py"), "--gpu-index", "0", *extra], 300, env)
+
+
+def pattern_rate(pat: dict[str, Any]) -> tuple[float, int, float]:
+    """(TB/s of memory tested, patterns run, seconds): allocated bytes x patterns / pattern seconds."""
+    runs = len(pat.get("results") or [])
+    seconds = float(pat.get("seconds") or 0)
+    tested = float(pat.get("allocated_bytes") or 0) * runs
+    return (tested / seconds / 1e12 if seconds else 0.0), runs, seconds
+
+
+def engine_text(pat: dict[str, Any]) -> str:
+    """Which engine ran the patterns, with its compile and load times or why the kernels were not used."""
+    engine = str(pat.get("engine") or "unknown (an older memory.py)")
+    detail = pat.get("engine_detail") or {}
+    if detail:
+        return (
+            f"{engine} (NVRTC {detail.get('nvrtc')}, {detail.get('arch')}, compile {detail.get('compile_seconds')} s, "
+            f"load {detail.get('load_seconds')} s, self-test {detail.get('self_test_seconds')} s)"
+        )
+    return f"{engine} ({pat['engine_reason']})" if pat.get("engine_reason") else engine
+
+
+def print_patterns(label: str, pat: dict[str, Any]) -> float:
+    rate, runs, seconds = pattern_rate(pat)
+    verdict = "ok" if rate >= GOAL_PATTERN_TBPS else "BELOW GOAL"
+    print(
+        f"{label}: {pat.get('allocated_bytes', 0) / 2**30:.1f} GiB x {runs} patterns in {seconds:.2f} s = "
+        f"{rate:.2f} TB/s tested (goal {GOAL_PATTERN_TBPS} TB/s: {verdict}); engine {engine_text(pat)}"
+    )
+    allocated = float(pat.get("allocated_bytes") or 0)
+    for result in pat.get("results") or []:
+        each = float(result.get("seconds") or 0)
+        print(
+            f"  {result.get('pattern'):12} {each * 1e3:8.1f} ms {allocated / each / 1e12 if each else 0:6.2f} TB/s "
+            f"mismatches {result.get('mismatches')}"
+        )
+    return rate
 
 
 def reference(gpu: int, workdir: Path) -> dict[str, Any]:
@@ -96,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--python", default=sys.executable, help="a python with CUDA PyTorch")
     parser.add_argument("--nccl-tests", default=None, help="all_reduce_perf, for >= 2 GPUs")
     parser.add_argument("--gpus", type=int, default=1, help="GPUs for the all-reduce comparison")
+    parser.add_argument(
+        "--compare-torch-patterns",
+        action="store_true",
+        help="also run the pattern test on its torch engine and print the speed-up",
+    )
     args = parser.parse_args(argv)
     mine = ours(args.python, args.gpu)
     with tempfile.TemporaryDirectory(prefix="gpuhost-bench-") as folder:
@@ -117,15 +163,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:34} {a_text} {b_text}  {ratio(a, b)}")
     if "skipped" in ref:
         print(f"reference copies skipped: {ref['skipped']}")
-    runs = len(pat.get("results") or [])
-    seconds = float(pat.get("seconds") or 0)
-    tested = float(pat.get("allocated_bytes") or 0) * runs
-    rate = tested / seconds / 1e12 if seconds else 0.0
-    verdict = "ok" if rate >= GOAL_PATTERN_TBPS else "BELOW GOAL"
-    print(
-        f"pattern test: {pat.get('allocated_bytes', 0) / 2**30:.1f} GiB x {runs} patterns in {seconds:.2f} s = "
-        f"{rate:.2f} TB/s tested (goal {GOAL_PATTERN_TBPS} TB/s: {verdict})"
-    )
+    rate = print_patterns("pattern test", pat)
+    if args.compare_torch_patterns:
+        torch_run = ours(args.python, args.gpu, "--checks", "patterns", "--pattern-engine", "torch")
+        if "error" in torch_run:
+            print(f"pattern test on the torch engine failed: {torch_run['error']}")
+        else:
+            torch_rate = print_patterns("pattern test, torch engine", torch_run.get("patterns", {}))
+            if torch_rate > 0:
+                print(f"pattern test speed-up over the torch engine: {rate / torch_rate:.2f}x")
     if args.gpus < 2:
         print("all-reduce vs nccl-tests: skipped (one GPU: an all-reduce needs two or more)")
         return 0

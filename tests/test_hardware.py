@@ -173,11 +173,13 @@ def test_clean_run_tests_every_pattern_over_the_asked_memory() -> None:
     assert [r["pattern"] for r in pat["results"]] == list(memory_patterns())
     assert all(r["mismatches"] == 0 for r in pat["results"])
     assert pat["allocated_bytes"] == pat["requested_bytes"] >= 0.9 * pat["free_bytes"]
+    assert pat["engine"] == "torch" and "CPU device" in pat["engine_reason"]  # no CUDA kernels on the CPU
     assert rec["hbm"]["bytes_per_copy"] == 2 * rec["hbm"]["buffer_bytes"]
     assert rec["pcie"]["data_ok"] is True
     outcome = memory.MemoryOutcome(rec, None, {"x": 0}, {"x": 0})
     metrics, finding = memory.pattern_verdict("GPU 0 (GPU-abc)", outcome)
     assert finding is None and any(m.startswith("patterns.tested_tb_per_s=") for m in metrics)
+    assert "patterns.engine=torch" in metrics
 
 
 def memory_patterns() -> tuple[str, ...]:

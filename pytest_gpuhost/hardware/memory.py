@@ -6,6 +6,7 @@ None; the figures it compared are returned for the JUnit system-out and the JSON
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -149,6 +150,23 @@ def hbm_verdict(
     return metrics, None
 
 
+def engine_metrics(pat: Mapping[str, Any]) -> list[str]:
+    """Which engine ran the patterns (``nvrtc`` kernels or ``torch``) and, for torch on a GPU, why."""
+    engine = pat.get("engine")
+    if not isinstance(engine, str):
+        return []
+    metrics = [f"patterns.engine={engine}"]
+    reason = pat.get("engine_reason")
+    if isinstance(reason, str) and reason:
+        metrics.append("patterns.engine_reason=" + shlex.quote(" ".join(reason.split())[:300]))
+    detail = pat.get("engine_detail")
+    if isinstance(detail, dict):
+        for key in ("nvrtc", "arch", "compile_seconds", "load_seconds"):
+            if isinstance(detail.get(key), (str, int, float)):
+                metrics.append(f"patterns.engine_{key}={shlex.quote(str(detail[key]))}")
+    return metrics
+
+
 def pattern_verdict(label: str, outcome: MemoryOutcome) -> tuple[list[str], Diagnosis | None]:
     """Zero mismatches, the memory it asked for, and no ECC counter grew."""
     record = outcome.record or {}
@@ -168,6 +186,7 @@ def pattern_verdict(label: str, outcome: MemoryOutcome) -> tuple[list[str], Diag
         f"patterns.runs={len(results)}",
         f"patterns.seconds={seconds:.3f}",
         f"patterns.tested_tb_per_s={rate:.2f}",
+        *engine_metrics(pat),
     ]
     requested = int(pat.get("requested_bytes") or 0)
     free = int(pat.get("free_bytes") or 0)
