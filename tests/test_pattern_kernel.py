@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from pytest_gpuhost.hardware import memory as host_memory
-from pytest_gpuhost.report_json import parse_metrics
+from pytest_gpuhost.reporting.json_report import parse_metrics
 
 WORKLOADS = Path(__file__).resolve().parent.parent / "pytest_gpuhost" / "workloads"
 HAS_TORCH = importlib.util.find_spec("torch") is not None

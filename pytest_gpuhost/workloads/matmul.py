@@ -35,8 +35,6 @@ try:  # imported as part of the package (the unit tests, the host side)
     from .matmul_frameworks import (
         WorkloadError,
         _median_timing,
-        _pci_text,
-        _uuid_text,
         classify_error,
         load_framework,
     )
@@ -44,8 +42,6 @@ except ImportError:  # run as a script in the container: its siblings sit beside
     from matmul_frameworks import (  # type: ignore[no-redef, import-not-found, unused-ignore]
         WorkloadError,
         _median_timing,
-        _pci_text,  # noqa: F401
-        _uuid_text,  # noqa: F401
         classify_error,
         load_framework,
     )

@@ -2,7 +2,8 @@
 """One GPU's memory: HBM copy bandwidth, a pattern test over its free memory, PCIe host<->device.
 
 Standalone like ``matmul.py`` (it runs inside the workload image with the image's PyTorch and
-imports only the standard library, torch and its sibling ``matmul.py`` for the CUDA error kinds);
+imports only the standard library, torch and its siblings: ``matmul_frameworks.py`` for the CUDA
+error kinds, ``memory_bandwidth.py``, ``pattern_kernel.py``);
 one JSON object on stdout, diagnostics on stderr. ``pytest_gpuhost.hardware`` judges the record.
 
 - HBM: ``dst.copy_(src)`` on two device buffers, timed with CUDA events; bytes moved are read plus
@@ -29,7 +30,6 @@ import argparse
 import importlib
 import json
 import os
-import statistics
 import sys
 import time
 import traceback
@@ -43,7 +43,6 @@ CONSTANTS = {"zeros": 0, "ones": -1, "alternating": 0x55555555}
 SLICE_WORDS = 64 * 2**20  # 256 MiB int32 slices: far larger than any L2, small enough to fill memory
 RANDOM_WORDS = 2**20  # the random pattern repeats a 4 MiB tile: it stays in L2 while it is broadcast
 MAX_REPORTED = 8
-SYSFS_PCI = "/sys/bus/pci/devices"
 GOLDEN = 0x9E3779B1
 
 
@@ -104,12 +103,12 @@ class Device:
             return {"kind": "cpu", "index": None, "name": "cpu"}
         if getattr(torch.version, "cuda", None) is None:
             raise WorkloadError("no-cuda-build", f"torch {torch.__version__} was built without CUDA")
-        matmul = _sibling("matmul")
+        frameworks = _sibling("matmul_frameworks")
         try:
             torch.cuda.init()
             count = int(torch.cuda.device_count())
         except Exception as exc:
-            raise WorkloadError(matmul.classify_error(str(exc)), str(exc)) from exc
+            raise WorkloadError(frameworks.classify_error(str(exc)), str(exc)) from exc
         if not 0 <= self.index < count:
             raise WorkloadError("no-gpu", f"--gpu-index {self.index}, but {count} device(s) are visible")
         torch.cuda.set_device(self.index)
@@ -119,8 +118,8 @@ class Device:
             "kind": "cuda",
             "index": self.index,
             "name": str(props.name),
-            "uuid": matmul._uuid_text(getattr(props, "uuid", None)),
-            "pci_bus_id": matmul._pci_text(props),
+            "uuid": frameworks._uuid_text(getattr(props, "uuid", None)),
+            "pci_bus_id": frameworks._pci_text(props),
             "memory_bytes": int(props.total_memory),
         }
 
@@ -158,90 +157,6 @@ class Device:
         self.torch.cuda.empty_cache()
         free, _total = self.torch.cuda.mem_get_info(self.index)
         return int(free)
-
-
-def timed_batches(dev: Device, call: Any, inner: int, batches: int) -> list[float]:
-    """Seconds per call of ``batches`` timed batches of ``inner`` calls, after one warm-up batch."""
-    for _ in range(inner):
-        call()
-    dev.sync()
-    seconds = []
-    for _ in range(batches):
-        timer = dev.timer()
-        timer.start()
-        for _ in range(inner):
-            call()
-        seconds.append(timer.stop() / inner)
-    return seconds
-
-
-def _rate(nbytes: int, seconds: list[float]) -> dict[str, Any]:
-    median, best = statistics.median(seconds), min(seconds)
-    return {
-        "gbps": nbytes / median / 1e9 if median > 0 else None,
-        "gbps_best": nbytes / best / 1e9 if best > 0 else None,
-        "seconds": median,
-    }
-
-
-def measure_hbm(dev: Device, nbytes: int, slow: int) -> dict[str, Any]:
-    """Device-to-device copy bandwidth, read plus written; ``slow`` > 1 repeats each copy (a fault)."""
-    torch = dev.torch
-    words = nbytes // 4
-    src = torch.ones(words, dtype=torch.int32, device=dev.device)
-    dst = torch.empty_like(src)
-
-    def copy() -> None:
-        for _ in range(slow):
-            dst.copy_(src)
-
-    seconds = timed_batches(dev, copy, 10, 5)
-    record = {"buffer_bytes": words * 4, "bytes_per_copy": 2 * words * 4, "counted": "read+write"}
-    record.update(_rate(2 * words * 4, seconds))
-    return record
-
-
-def read_link(pci_bus_id: str | None) -> dict[str, Any] | None:
-    """The PCIe link from sysfs, or None where the container cannot see it."""
-    if not pci_bus_id:
-        return None
-    base = Path(SYSFS_PCI) / pci_bus_id.lower()
-    try:
-        speed = (base / "current_link_speed").read_text().strip()
-        width = int((base / "current_link_width").read_text().strip())
-        max_speed = (base / "max_link_speed").read_text().strip()
-        max_width = int((base / "max_link_width").read_text().strip())
-    except (OSError, ValueError):
-        return None
-    return {"speed": speed, "width": width, "max_speed": max_speed, "max_width": max_width, "source": "sysfs"}
-
-
-def measure_pcie(dev: Device, nbytes: int, pci_bus_id: str | None) -> dict[str, Any]:
-    """Pinned host<->device copies both ways; the link is read while the H2D copies are queued."""
-    torch = dev.torch
-    words = nbytes // 4
-    on_gpu = dev.kind == "cuda"
-    host = torch.ones(words, dtype=torch.int32, pin_memory=on_gpu)
-    gpu = torch.empty(words, dtype=torch.int32, device=dev.device)
-    link: dict[str, Any] | None = None
-
-    def h2d() -> None:
-        gpu.copy_(host, non_blocking=True)
-
-    def d2h() -> None:
-        host.copy_(gpu, non_blocking=True)
-
-    h2d_s = timed_batches(dev, h2d, 4, 5)
-    for _ in range(8):  # queue ~100 ms of copies, then read the link while they run
-        h2d()
-    link = read_link(pci_bus_id)
-    dev.sync()
-    d2h_s = timed_batches(dev, d2h, 4, 5)
-    ok = bool(torch.equal(host, torch.ones_like(host)))  # the data survived the round trip
-    record: dict[str, Any] = {"bytes": words * 4, "pinned": on_gpu, "link": link, "data_ok": ok}
-    record["h2d"] = _rate(words * 4, h2d_s)
-    record["d2h"] = _rate(words * 4, d2h_s)
-    return record
 
 
 class PatternTest:
@@ -481,18 +396,19 @@ def run(args: argparse.Namespace, report: dict[str, Any]) -> int:
     report["device"] = dev.open()
     cpu_memory = int(args.cpu_memory_mib) * 2**20
     try:
+        bandwidth = _sibling("memory_bandwidth")
         if "hbm" in args.checks:
             free = dev.free_bytes(cpu_memory)
-            report["hbm"] = measure_hbm(dev, min(args.hbm_bytes, free // 8), args.slow)
+            report["hbm"] = bandwidth.measure_hbm(dev, min(args.hbm_bytes, free // 8), args.slow)
         if "pcie" in args.checks:
-            report["pcie"] = measure_pcie(dev, args.pcie_bytes, report["device"].get("pci_bus_id"))
+            report["pcie"] = bandwidth.measure_pcie(dev, args.pcie_bytes, report["device"].get("pci_bus_id"))
         if "patterns" in args.checks:
             report["patterns"] = run_patterns(dev, args, cpu_memory)
     except WorkloadError:
         raise
     except Exception as exc:
-        matmul = _sibling("matmul")
-        raise WorkloadError(matmul.classify_error(str(exc)), f"{type(exc).__name__}: {exc}") from exc
+        frameworks = _sibling("matmul_frameworks")
+        raise WorkloadError(frameworks.classify_error(str(exc)), f"{type(exc).__name__}: {exc}") from exc
     patterns = report.get("patterns") or {}
     return EXIT_MISMATCH if any(r["mismatches"] for r in patterns.get("results", [])) else EXIT_OK
 
