@@ -7,11 +7,13 @@ a dated table shipped with the suite (or the site's own copy): every finding nam
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
 import pytest
 
+from pytest_gpuhost import prefetch
 from pytest_gpuhost.advisories import AdvisoryTable, AdvisoryTableError, load_table
 from pytest_gpuhost.diagnosis import fail, report_verdict
 from pytest_gpuhost.facts.docker_engine import EngineFacts
@@ -54,13 +56,38 @@ def table_or_skip(advisories: AdvisoryTable | AdvisoryTableError) -> AdvisoryTab
 
 
 @pytest.fixture(scope="session")
-def gpuhost_reboot(gpuhost_host: Host) -> RebootFacts:
-    return read_reboot(gpuhost_host)
+def gpuhost_reboot(pytestconfig: pytest.Config, gpuhost_host: Host) -> RebootFacts:
+    return prefetch.value(
+        pytestconfig, "gpuhost_reboot", gpuhost_host.name, lambda: read_reboot(gpuhost_host)
+    )
 
 
 @pytest.fixture(scope="session")
-def gpuhost_driver_modules(gpuhost_host: Host, gpuhost_settings: Settings) -> ModuleFacts:
-    return read_modules(gpuhost_host, gpuhost_settings.timeout)
+def gpuhost_driver_modules(
+    pytestconfig: pytest.Config, gpuhost_host: Host, gpuhost_settings: Settings
+) -> ModuleFacts:
+    return prefetch.value(
+        pytestconfig,
+        "gpuhost_driver_modules",
+        gpuhost_host.name,
+        lambda: read_modules(gpuhost_host, gpuhost_settings.timeout),
+    )
+
+
+def _prefetch(read: Callable[[Host, float], object]) -> Callable[[pytest.Config, str], object]:
+    """How ``prefetch`` reads these facts for every host of a fleet run at once, before the checks."""
+
+    def compute(config: pytest.Config, name: str) -> object:
+        from pytest_gpuhost.session import SESSION_KEY
+
+        session = config.stash[SESSION_KEY]
+        return read(session.host_named(name), session.settings.timeout)
+
+    return compute
+
+
+prefetch.register("gpuhost_reboot", _prefetch(lambda host, timeout: read_reboot(host)))
+prefetch.register("gpuhost_driver_modules", _prefetch(read_modules))
 
 
 def test_advisory_table_current(
