@@ -123,6 +123,30 @@ def test_identity_file_that_ssh_refuses_is_diagnosed(gpuhost_pytester: GpuhostPy
     )
 
 
+def test_a_fleet_prefetches_nothing_for_checks_that_skip(
+    gpuhost_pytester: GpuhostPytester, lab: SshLab, tmp_path: Path
+) -> None:
+    """The driver-module check needs a driver; on these GPU-less hosts it skips, so the prefetch
+    must not run its `modinfo` (a logging stand-in first on the hosts' PATH) for either host."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "modinfo.log"
+    modinfo = bin_dir / "modinfo"
+    modinfo.write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    modinfo.chmod(0o755)
+    for node in ("node1", "node2"):
+        lab.start(node, SetEnv=f"PATH={bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin")
+    select = "test_host_reachable or test_loaded_driver_matches_installed"
+    result = gpuhost_pytester.runpytest(
+        "-p", "testinfra.plugin", "--gpuhost", "--gpuhost-tier", "quick", "-k", select, "-v",
+        *lab.args("node1", "node2"),
+    )  # fmt: skip
+    seen = outcomes_by_id(result)
+    assert seen["test_loaded_driver_matches_installed[node1]"] == "SKIPPED"
+    assert seen["test_loaded_driver_matches_installed[node2]"] == "SKIPPED"
+    assert not log.exists(), log.read_text()
+
+
 def test_parallel_run_keeps_each_host_on_one_worker(
     gpuhost_pytester: GpuhostPytester, lab: SshLab, tmp_path: Path
 ) -> None:
