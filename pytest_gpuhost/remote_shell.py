@@ -88,8 +88,8 @@ class RemoteShell:
         cmd, args = self.backend._build_ssh_command(remote)
         return str(" ".join(cmd) % tuple(shlex.quote(str(a)) for a in args))
 
-    def start(self) -> None:
-        self.process = subprocess.Popen(
+    def start(self) -> subprocess.Popen[bytes]:
+        self.process = process = subprocess.Popen(
             self.command_line(),
             shell=True,
             stdin=subprocess.PIPE,
@@ -98,66 +98,74 @@ class RemoteShell:
             start_new_session=True,  # its own group: close() ends the shell and the ssh client together
         )
         try:
-            line = self._read_line(time.monotonic() + START_TIMEOUT)
+            line = self._read_line(process, time.monotonic() + START_TIMEOUT)
         except Deadline:
             raise ShellGone("the remote shell did not start in time") from None
         if line != f"{self.token} ready".encode():
             raise ShellGone(f"the remote shell did not start: {line[:200]!r}")
+        return process
 
     def run(self, command: str, timeout: float) -> tuple[int, bytes, bytes]:
         """Exit status, stdout and stderr of ``command``; ``ShellGone`` when the shell cannot run
         it or ended before it answered; ``Deadline`` when no answer came in ``timeout`` seconds."""
         if self.dead or not self.lock.acquire(blocking=False):
             raise ShellGone("busy or ended")  # a second thread on this host: testinfra runs it
+        process = self.process
         try:
-            if self.process is None:
-                self.start()
-            assert self.process is not None and self.process.stdin is not None
+            if process is None:
+                process = self.start()
+            if process.stdin is None or self.dead:  # closed by another thread meanwhile
+                raise ShellGone("ended")
             deadline = time.monotonic() + timeout
             try:
-                self.process.stdin.write(f"{command}\n{self.token}\n".encode())
-                self.process.stdin.flush()
-            except OSError as exc:
+                process.stdin.write(f"{command}\n{self.token}\n".encode())
+                process.stdin.flush()
+            except (OSError, ValueError) as exc:  # ValueError: another thread closed it
                 raise ShellGone(f"the remote shell ended: {exc}") from None
-            header = [self._read_line(deadline).split() for _ in range(4)]  # status, o, e, total
+            header = [self._read_line(process, deadline).split() for _ in range(4)]  # status, o, e, total
             words = [header[0][1:2], *(line[:1] for line in header[1:3])]
             if header[0][:1] != [self.token.encode()] or not all(w and w[0].isdigit() for w in words):
                 raise ShellGone(f"unexpected answer from the remote shell: {header!r:.200}")
             status, out_len, err_len = (int(w[0]) for w in words)
-            body = self._read_bytes(out_len + err_len, deadline)
+            body = self._read_bytes(process, out_len + err_len, deadline)
             return status, body[:out_len], body[out_len:]
         except BaseException:
             self.close(grace=0.0)  # whatever happened mid-exchange, the stream is out of step
+            if process is not None and process.stdout is not None:
+                process.stdout.close()  # the reader closes it: a close under select would not wake it
             raise
         finally:
             self.lock.release()
 
-    def _fill(self, deadline: float) -> None:
+    def _fill(self, process: subprocess.Popen[bytes], deadline: float) -> None:
         """Read what the shell has sent, waiting at most until ``deadline``."""
-        assert self.process is not None and self.process.stdout is not None
-        fd = self.process.stdout.fileno()
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise Deadline("no answer in time")
-        with selectors.DefaultSelector() as selector:
-            selector.register(fd, selectors.EVENT_READ)
-            if not selector.select(remaining):
-                raise Deadline("no answer in time")
-        chunk = os.read(fd, 1 << 16)
+        try:
+            assert process.stdout is not None
+            fd = process.stdout.fileno()
+            with selectors.DefaultSelector() as selector:
+                selector.register(fd, selectors.EVENT_READ)
+                if not selector.select(remaining):
+                    raise Deadline("no answer in time")
+            chunk = os.read(fd, 1 << 16)
+        except (OSError, ValueError) as exc:
+            raise ShellGone(f"the remote shell ended: {exc}") from None
         if not chunk:
             raise ShellGone("the remote shell ended")
         self.buffer += chunk
 
-    def _read_line(self, deadline: float) -> bytes:
+    def _read_line(self, process: subprocess.Popen[bytes], deadline: float) -> bytes:
         while (end := self.buffer.find(b"\n")) < 0:
-            self._fill(deadline)
+            self._fill(process, deadline)
         line = bytes(self.buffer[:end])
         del self.buffer[: end + 1]
         return line
 
-    def _read_bytes(self, count: int, deadline: float) -> bytes:
+    def _read_bytes(self, process: subprocess.Popen[bytes], count: int, deadline: float) -> bytes:
         while len(self.buffer) < count:
-            self._fill(deadline)
+            self._fill(process, deadline)
         data = bytes(self.buffer[:count])
         del self.buffer[:count]
         return data
@@ -181,13 +189,18 @@ class RemoteShell:
             with contextlib.suppress(OSError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
+        if process.stdout is not None and self.lock.acquire(blocking=False):  # else a reader has it
+            try:
+                process.stdout.close()
+            finally:
+                self.lock.release()
 
 
-def close_all(shells: list[RemoteShell]) -> None:
-    """Hang up every shell first, then wait: the hosts' round trips overlap instead of adding up."""
+def close_all(shells: list[RemoteShell], grace: float = 2.0) -> None:
+    """Hang up every shell first, then wait: the hosts' round trips overlap instead of adding up,
+    and shells still busy with a command get ``grace`` seconds in all, not each."""
     for shell in shells:
         shell.hang_up()
+    deadline = time.monotonic() + grace
     for shell in shells:
-        shell.close()
+        shell.close(grace=max(0.0, deadline - time.monotonic()))

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -169,3 +171,51 @@ def test_sudo_and_other_backends_keep_testinfras_path() -> None:
     assert remote_shell.supports(Backend())
     Backend.NAME = "paramiko"
     assert not remote_shell.supports(Backend())
+
+
+class HereBackend:
+    """testinfra's SSH backend, minus the SSH: the shell's command line runs on this machine."""
+
+    NAME = "ssh"
+    sudo = False
+
+    def _build_ssh_command(self, command: str) -> tuple[list[str], list[str]]:
+        return ["sh", "-c", "%s"], [command]
+
+    def result(self, *args: Any) -> None:
+        return None
+
+
+def test_closing_busy_shells_takes_the_grace_once_not_per_shell() -> None:
+    """Ctrl-C in a fleet run: every shell is busy with a command; the run must still end promptly."""
+    shells = [remote_shell.RemoteShell(HereBackend()) for _ in range(4)]
+    errors: list[BaseException] = []
+
+    def busy(shell: remote_shell.RemoteShell) -> None:
+        try:
+            shell.run("sleep 30", timeout=60)
+        except BaseException as exc:  # the shell ends under it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=busy, args=(shell,)) for shell in shells]
+    for thread in threads:
+        thread.start()
+
+    def running(shell: remote_shell.RemoteShell) -> bool:
+        """Started and inside a command: its lock is taken."""
+        if shell.process is None or shell.lock.acquire(blocking=False) is False:
+            return shell.process is not None
+        shell.lock.release()
+        return False
+
+    deadline = time.monotonic() + 10
+    while not all(running(shell) for shell in shells):
+        assert time.monotonic() < deadline, "the shells did not start their commands"
+        time.sleep(0.05)
+    started = time.monotonic()
+    remote_shell.close_all(shells, grace=1.0)
+    assert time.monotonic() - started < 3.0
+    for thread in threads:
+        thread.join(timeout=10)
+    assert len(errors) == 4 and all(isinstance(e, remote_shell.ShellGone) for e in errors)
+    assert all(s.dead and s.process is None for s in shells)
