@@ -89,14 +89,22 @@ class RemoteShell:
         return str(" ".join(cmd) % tuple(shlex.quote(str(a)) for a in args))
 
     def start(self) -> subprocess.Popen[bytes]:
-        self.process = process = subprocess.Popen(
-            self.command_line(),
-            shell=True,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,  # its own group: close() ends the shell and the ssh client together
-        )
+        try:
+            self.process = process = subprocess.Popen(
+                self.command_line(),
+                shell=True,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,  # its own group: close() ends the shell and the ssh client together
+            )
+        except (
+            OSError,
+            AttributeError,
+            TypeError,
+            ValueError,
+        ) as exc:  # no process, or testinfra's command line changed
+            raise ShellGone(f"the remote shell cannot start: {exc}") from None
         try:
             line = self._read_line(process, time.monotonic() + START_TIMEOUT)
         except Deadline:

@@ -219,3 +219,38 @@ def test_closing_busy_shells_takes_the_grace_once_not_per_shell() -> None:
         thread.join(timeout=10)
     assert len(errors) == 4 and all(isinstance(e, remote_shell.ShellGone) for e in errors)
     assert all(s.dead and s.process is None for s in shells)
+
+
+class BrokenBackend(HereBackend):
+    def __init__(self, line: str) -> None:
+        self.line = line
+
+    def _build_ssh_command(self, command: str) -> tuple[list[str], list[str]]:
+        return [self.line, "#", "%s"], [command]  # the shell's own command line is commented out
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "exit 3",  # ssh fails: nothing on stdout
+        "echo 'Welcome to gpu01'; sleep 1",  # an rc file that prints: not the shell's first line
+        "nonexistent-ssh-client-gpuhost",
+    ],
+)
+def test_a_shell_that_does_not_start_is_gone_for_good(line: str) -> None:
+    shell = remote_shell.RemoteShell(BrokenBackend(line))
+    with pytest.raises(remote_shell.ShellGone):
+        shell.run("true", timeout=10)
+    assert shell.dead and shell.process is None
+    with pytest.raises(remote_shell.ShellGone):
+        shell.run("true", timeout=10)
+
+
+def test_the_shell_runs_here_as_on_a_host() -> None:
+    """The loop itself, without SSH: exit status, both outputs, and the next command in step."""
+    shell = remote_shell.RemoteShell(HereBackend())
+    try:
+        assert shell.run("sh -c 'echo out; echo err >&2; exit 7'", timeout=10) == (7, b"out\n", b"err\n")
+        assert shell.run("printf 'x\\n\\ny'", timeout=10) == (0, b"x\n\ny", b"")
+    finally:
+        shell.close()
