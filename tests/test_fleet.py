@@ -8,6 +8,7 @@ This machine has no GPU, so through SSH each host fails ``test_nvidia_gpus_on_pc
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -29,6 +30,7 @@ from pytest_gpuhost.docker_tunnel import (
     remove_stale_tunnels,
     ssh_base_argv,
 )
+from pytest_gpuhost.facts.system import SYS_MODULE_SCRIPT, SYS_MODULES, loaded_modules
 from pytest_gpuhost.host import CommandResult
 from pytest_gpuhost.remote import TestinfraHost, diagnose_connection
 from pytest_gpuhost.session import render_fleet_table
@@ -331,6 +333,35 @@ def test_every_remote_command_is_bounded_by_a_remote_timeout() -> None:
     assert "timeout -k 5 7 nvidia-smi -q -x" in fake.commands
     down = host.run(["true"])
     assert down.unreachable and "Connection refused" in down.stderr and not down.ok
+
+
+def test_a_remote_host_s_modules_take_one_command_not_two_per_module() -> None:
+    fake = FakeTestinfra(
+        {
+            "cat -- /proc/modules": FakeResult(0, "nvidia_uvm 1 0 - Live\n"),
+            f"sh {' '.join(SYS_MODULES)}": FakeResult(0, "nvidia\nnvidia_drm\n"),
+        }
+    )
+    host = TestinfraHost(fake, "gpu01", "ssh://gpu01")
+    assert loaded_modules(host) == {"nvidia", "nvidia_uvm", "nvidia_drm"}
+    assert len(fake.commands) == 2
+
+
+def test_the_module_script_finds_what_exists_asks_file_by_file() -> None:
+    """On this machine's /sys/module: modules with initstate, with only version, with neither."""
+    sys_module = Path("/sys/module")
+    if not sys_module.is_dir():
+        pytest.skip("no /sys/module here")
+    names = [*sorted(p.name for p in sys_module.iterdir())[:200], "gpuhost_no_such_module"]
+    expected = [
+        n for n in names if any(os.path.lexists(sys_module / n / f) for f in ("initstate", "version"))
+    ]
+    for shell in ("dash", "bash", "sh"):
+        if shutil.which(shell) is None:
+            continue
+        out = subprocess.run([shell, "-c", SYS_MODULE_SCRIPT, "sh", *names], capture_output=True, text=True)
+        assert out.returncode == 0 and out.stdout.split() == expected, shell
+    assert expected and len(expected) < len(names)  # the comparison had both kinds
 
 
 def test_connection_diagnoses_name_the_fix() -> None:
