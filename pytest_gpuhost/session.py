@@ -368,20 +368,26 @@ class GpuhostSession:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
-        target = self.target_of(item)
-        facts = self.facts_for(target)
+        reason = self.precondition_skip(item)
+        if reason is not None:
+            pytest.skip(reason)
+
+    def precondition_skip(self, item: pytest.Item) -> str | None:
+        """Why ``item`` skips before its fixtures run (its host or a ``gpuhost_needs`` failed)."""
+        facts = self.facts_for(self.target_of(item))
         if self.fleet:
             reachable = facts.preconditions.get("reachable")
             is_probe = getattr(item, "originalname", item.name) == CHECK_REACHABLE
             if reachable is not None and not reachable.ok and not is_probe:
-                pytest.skip(f"needs reachable: {reachable.check} failed: {reachable.reason}")
+                return f"needs reachable: {reachable.check} failed: {reachable.reason}"
         for marker in item.iter_markers(NEEDS_MARKER):
             for name in marker.args:
                 pre = facts.preconditions[name]
                 if not pre.ok:
                     if not pre.check:  # nothing failed: the precondition does not apply to this host
-                        pytest.skip(f"not applicable: {pre.reason}")
-                    pytest.skip(f"needs {name}: {pre.check} failed: {pre.reason}")
+                        return f"not applicable: {pre.reason}"
+                    return f"needs {name}: {pre.check} failed: {pre.reason}"
+        return None
 
     def check_needs_names(self, items: Sequence[pytest.Item]) -> None:
         """An unknown name in ``gpuhost_needs(...)`` is a usage error at collection, not a KeyError
@@ -417,7 +423,8 @@ class GpuhostSession:
             from pytest_gpuhost.hosts import prefetch
 
             if not session.config.option.collectonly:
-                prefetch.warm(self.config, prefetch.plan(session.items, self.target_of))
+                runs = [item for item in session.items if self.precondition_skip(item) is None]
+                prefetch.warm(self.config, prefetch.plan(runs, self.target_of))  # not for checks that skip
         result = yield
         if self.precondition_skips and not session.testsfailed:
             session.testsfailed = 1  # pytest then ends with TESTS_FAILED

@@ -7,6 +7,7 @@ a dated table shipped with the suite (or the site's own copy): every finding nam
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from pytest_gpuhost.facts.docker_engine import EngineFacts
 from pytest_gpuhost.facts.maintenance import ModuleFacts, RebootFacts, read_modules, read_reboot
 from pytest_gpuhost.facts.model import HostFacts
 from pytest_gpuhost.facts.toolkit import ToolkitFacts
+from pytest_gpuhost.hosts import prefetch
 from pytest_gpuhost.hosts.host import Host
 from pytest_gpuhost.settings import Settings
 
@@ -54,13 +56,38 @@ def table_or_skip(advisories: AdvisoryTable | AdvisoryTableError) -> AdvisoryTab
 
 
 @pytest.fixture(scope="session")
-def gpuhost_reboot(gpuhost_host: Host) -> RebootFacts:
-    return read_reboot(gpuhost_host)
+def gpuhost_reboot(pytestconfig: pytest.Config, gpuhost_host: Host) -> RebootFacts:
+    return prefetch.value(
+        pytestconfig, "gpuhost_reboot", gpuhost_host.name, lambda: read_reboot(gpuhost_host)
+    )
 
 
 @pytest.fixture(scope="session")
-def gpuhost_driver_modules(gpuhost_host: Host, gpuhost_settings: Settings) -> ModuleFacts:
-    return read_modules(gpuhost_host, gpuhost_settings.timeout)
+def gpuhost_driver_modules(
+    pytestconfig: pytest.Config, gpuhost_host: Host, gpuhost_settings: Settings
+) -> ModuleFacts:
+    return prefetch.value(
+        pytestconfig,
+        "gpuhost_driver_modules",
+        gpuhost_host.name,
+        lambda: read_modules(gpuhost_host, gpuhost_settings.timeout),
+    )
+
+
+def _prefetch(read: Callable[[Host, float], object]) -> Callable[[pytest.Config, str], object]:
+    """How ``prefetch`` reads these facts for every host of a fleet run at once, before the checks."""
+
+    def compute(config: pytest.Config, name: str) -> object:
+        from pytest_gpuhost.stash import SESSION_KEY
+
+        session = config.stash[SESSION_KEY]
+        return read(session.host_named(name), session.settings.timeout)
+
+    return compute
+
+
+prefetch.register("gpuhost_reboot", _prefetch(lambda host, timeout: read_reboot(host)))
+prefetch.register("gpuhost_driver_modules", _prefetch(read_modules))
 
 
 def test_advisory_table_current(

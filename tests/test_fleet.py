@@ -8,6 +8,7 @@ This machine has no GPU, so through SSH each host fails ``test_nvidia_gpus_on_pc
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ from docker_support import busybox_image, docker_client_or_skip
 from pytester_support import GpuhostPytester
 from sshd_support import SshLab, sshd_or_skip
 
+from pytest_gpuhost.facts.system import SYS_MODULE_SCRIPT, SYS_MODULES, loaded_modules
 from pytest_gpuhost.hosts.host import CommandResult
 from pytest_gpuhost.hosts.remote import TestinfraHost, diagnose_connection
 from pytest_gpuhost.hosts.scheduler import host_in_nodeid
@@ -121,6 +123,30 @@ def test_identity_file_that_ssh_refuses_is_diagnosed(gpuhost_pytester: GpuhostPy
             f"FIX:   `chmod 600 {key}`",
         ]
     )
+
+
+def test_a_fleet_prefetches_nothing_for_checks_that_skip(
+    gpuhost_pytester: GpuhostPytester, lab: SshLab, tmp_path: Path
+) -> None:
+    """The driver-module check needs a driver; on these GPU-less hosts it skips, so the prefetch
+    must not run its `modinfo` (a logging stand-in first on the hosts' PATH) for either host."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "modinfo.log"
+    modinfo = bin_dir / "modinfo"
+    modinfo.write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    modinfo.chmod(0o755)
+    for node in ("node1", "node2"):
+        lab.start(node, SetEnv=f"PATH={bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin")
+    select = "test_host_reachable or test_loaded_driver_matches_installed"
+    result = gpuhost_pytester.runpytest(
+        "-p", "testinfra.plugin", "--gpuhost", "--gpuhost-tier", "quick", "-k", select, "-v",
+        *lab.args("node1", "node2"),
+    )  # fmt: skip
+    seen = outcomes_by_id(result)
+    assert seen["test_loaded_driver_matches_installed[node1]"] == "SKIPPED"
+    assert seen["test_loaded_driver_matches_installed[node2]"] == "SKIPPED"
+    assert not log.exists(), log.read_text()
 
 
 def test_parallel_run_keeps_each_host_on_one_worker(
@@ -307,6 +333,35 @@ def test_every_remote_command_is_bounded_by_a_remote_timeout() -> None:
     assert "timeout -k 5 7 nvidia-smi -q -x" in fake.commands
     down = host.run(["true"])
     assert down.unreachable and "Connection refused" in down.stderr and not down.ok
+
+
+def test_a_remote_host_s_modules_take_one_command_not_two_per_module() -> None:
+    fake = FakeTestinfra(
+        {
+            "cat -- /proc/modules": FakeResult(0, "nvidia_uvm 1 0 - Live\n"),
+            f"sh {' '.join(SYS_MODULES)}": FakeResult(0, "nvidia\nnvidia_drm\n"),
+        }
+    )
+    host = TestinfraHost(fake, "gpu01", "ssh://gpu01")
+    assert loaded_modules(host) == {"nvidia", "nvidia_uvm", "nvidia_drm"}
+    assert len(fake.commands) == 2
+
+
+def test_the_module_script_finds_what_exists_asks_file_by_file() -> None:
+    """On this machine's /sys/module: modules with initstate, with only version, with neither."""
+    sys_module = Path("/sys/module")
+    if not sys_module.is_dir():
+        pytest.skip("no /sys/module here")
+    names = [*sorted(p.name for p in sys_module.iterdir())[:200], "gpuhost_no_such_module"]
+    expected = [
+        n for n in names if any(os.path.lexists(sys_module / n / f) for f in ("initstate", "version"))
+    ]
+    for shell in ("dash", "bash", "sh"):
+        if shutil.which(shell) is None:
+            continue
+        out = subprocess.run([shell, "-c", SYS_MODULE_SCRIPT, "sh", *names], capture_output=True, text=True)
+        assert out.returncode == 0 and out.stdout.split() == expected, shell
+    assert expected and len(expected) < len(names)  # the comparison had both kinds
 
 
 def test_connection_diagnoses_name_the_fix() -> None:

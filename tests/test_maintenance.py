@@ -527,3 +527,46 @@ def test_step_agrees_locally_and_over_ssh(
     assert len(seen_locally) == 6 and seen_remotely == seen_locally, remote.stdout.str()
     remote.stdout.fnmatch_lines(["*gpuhost.note*reboot-required*"])
     assert "Traceback" not in remote.stdout.str()
+
+
+RECORDING_FLEET = """
+import threading
+
+_one_host = pytest_gpuhost_make_host
+
+
+class Recording(LocalHost):
+    def read_text(self, path):
+        if path in ("/var/run/reboot-required", "/proc/driver/nvidia/version"):
+            with open({log!r}, "a") as file:
+                file.write(f"{{self.name}} {{path}} {{threading.current_thread().name}}\\n")
+        return super().read_text(path)
+
+
+def pytest_gpuhost_make_host(config):
+    one = _one_host(config)
+    return [Recording(root=one.root, env=one.env, name=name) for name in ("gpu01", "gpu02")]
+"""
+
+
+def test_a_fleet_reads_reboot_and_module_facts_for_all_hosts_before_the_checks(
+    gpuhost_pytester: GpuhostPytester, tmp_path: Path
+) -> None:
+    """Both hosts' facts come from the prefetch threads, once each, and every host gets its verdict."""
+    log = tmp_path / "reads.log"
+    setup_host(gpuhost_pytester, tmp_path, toolkit="1.20.0", modinfo="580.159.04")
+    conftest = gpuhost_pytester.pytester.path / "conftest.py"
+    conftest.write_text(conftest.read_text() + RECORDING_FLEET.format(log=str(log)))
+    result = run_step(gpuhost_pytester, select="reboot_pending or loaded_driver")
+    result.assert_outcomes(passed=4)
+    for host in ("gpu01", "gpu02"):
+        result.stdout.fnmatch_lines([f"*::test_no_reboot_pending[[]{host}[]] PASSED*"])
+        result.stdout.fnmatch_lines([f"*::test_loaded_driver_matches_installed[[]{host}[]] PASSED*"])
+    reads = [line.split() for line in log.read_text().splitlines()]
+    reboot = sorted(host for host, path, _ in reads if path == "/var/run/reboot-required")
+    assert reboot == ["gpu01", "gpu02"]  # once per host
+    prefetched = {(host, path) for host, path, thread in reads if thread.startswith("gpuhost-prefetch")}
+    assert ("gpu01", "/var/run/reboot-required") in prefetched
+    assert ("gpu02", "/var/run/reboot-required") in prefetched
+    assert ("gpu01", "/proc/driver/nvidia/version") in prefetched
+    assert ("gpu02", "/proc/driver/nvidia/version") in prefetched

@@ -160,7 +160,11 @@ def daemon_pids(host: Host) -> list[str]:
 
     if is_remote(host):
         names = "|".join(DAEMON_NAMES)
-        script = f'for p in /proc/[0-9]*; do case "$(cat "$p/comm" 2>/dev/null)" in {names}) echo "${{p#/proc/}}";; esac; done'
+        # `read`, a builtin, not `$(cat ...)`: one process per process on the host adds up.
+        script = (
+            'for p in /proc/[0-9]*; do c=; read -r c 2>/dev/null <"$p/comm"; '
+            f'case "$c" in {names}) echo "${{p#/proc/}}";; esac; done'
+        )
         result = host.run(["sh", "-c", script], timeout=30)
         return result.stdout.split() if result.ok else []
     pids = []

@@ -30,7 +30,8 @@ def pci_devices(host: Host) -> list[tuple[str, str, str]]:
         return rows
     script = (
         f'for d in {PCI_DEVICES}/*; do [ -r "$d/vendor" ] || continue; '
-        'printf "%s %s %s\\n" "${d##*/}" "$(cat "$d/vendor")" "$(cat "$d/class" 2>/dev/null)"; done'
+        'v=; c=; read -r v <"$d/vendor"; read -r c 2>/dev/null <"$d/class"; '  # builtins: no process each
+        'printf "%s %s %s\\n" "${d##*/}" "$v" "$c"; done'
     )
     result = host.run(["sh", "-c", script], timeout=60)
     lines = (line.split() for line in result.stdout.splitlines()) if result.ok else iter(())
@@ -68,11 +69,27 @@ def loaded_modules(host: Host) -> frozenset[str]:
     for line in (host.read_text("/proc/modules") or "").splitlines():
         if line.strip():
             names.add(line.split()[0])
-    for name in ("nvidia", "nvidia_uvm", "nvidia_drm", "nvidia_modeset", "nouveau"):
+    from pytest_gpuhost.hosts.remote import is_remote
+
+    if is_remote(host):  # one command, not two per module
+        result = host.run(["sh", "-c", SYS_MODULE_SCRIPT, "sh", *SYS_MODULES], timeout=30)
+        if result.ok:
+            names.update(n for n in result.stdout.split() if n in SYS_MODULES)
+        return frozenset(names)
+    for name in SYS_MODULES:
         # /sys/module/<name>/initstate exists for loaded modules; built-ins have only parameters.
         if host.exists(f"/sys/module/{name}/initstate") or host.exists(f"/sys/module/{name}/version"):
             names.add(name)
     return frozenset(names)
+
+
+SYS_MODULES = ("nvidia", "nvidia_uvm", "nvidia_drm", "nvidia_modeset", "nouveau")
+# The names among its arguments with /sys/module/NAME/initstate or .../version (a file or a link),
+# as Host.exists asks of each.
+SYS_MODULE_SCRIPT = (
+    'for m; do for f in initstate version; do p="/sys/module/$m/$f"; '
+    'if test -e "$p" || test -L "$p"; then echo "$m"; break; fi; done; done'
+)
 
 
 def gather_kernel(host: Host) -> KernelFacts:

@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_gpuhost.diagnosis import Diagnosis
 from pytest_gpuhost.facts.model import GpuListing, HostFacts, KernelFacts, Precondition
+from pytest_gpuhost.hosts import remote_shell
 from pytest_gpuhost.hosts.host import DEFAULT_COMMAND_TIMEOUT, CommandResult, Host
+from pytest_gpuhost.hosts.remote_shell import RemoteShell
 from pytest_gpuhost.timeouts import NativeCallTimeout, call_with_timeout
 
 if TYPE_CHECKING:
@@ -29,6 +31,7 @@ CHECK_REACHABLE = "test_host_reachable"
 CONNECT_GRACE = 20.0
 # Exit statuses of coreutils `timeout`: the command ran out of time, or could not be started.
 TIMED_OUT, NOT_EXECUTABLE, NOT_FOUND = 124, 126, 127
+SSH_FAILED = 255  # ssh's own exit status for a failed connection
 SSH_CONNECTIONS = ("ssh", "safe-ssh")
 # testinfra's options, as its plugin names them (``config.option.<dest>``).
 TESTINFRA_OPTIONS = (
@@ -57,16 +60,24 @@ class TestinfraHost:
         self.name = name
         self.spec = spec
         self.remote = backend_host.backend.get_connection_type() != "local"
+        # After the first command that testinfra ran, the rest go through one shell (remote_shell).
+        self.shell = (
+            RemoteShell(backend_host.backend) if remote_shell.supports(backend_host.backend) else None
+        )
+        self.connected = False
 
     def run(self, argv: Sequence[str], timeout: float = DEFAULT_COMMAND_TIMEOUT) -> CommandResult:
         args = tuple(argv)
         seconds = max(1, int(timeout + 0.999))
         command = f"timeout -k 5 {seconds} {shlex.join(args)}"
         try:
-            out = call_with_timeout(
-                lambda: self.testinfra.run(command), timeout + CONNECT_GRACE, f"{self.name}: {args[0]}"
-            )
-        except NativeCallTimeout:
+            out = self._run_in_shell(command, timeout + CONNECT_GRACE)
+            if out is None:
+                out = call_with_timeout(
+                    lambda: self.testinfra.run(command), timeout + CONNECT_GRACE, f"{self.name}: {args[0]}"
+                )
+                self.connected = True
+        except (NativeCallTimeout, remote_shell.Deadline):
             return CommandResult(args, None, "", f"no answer from {self.name} in time", timed_out=True)
         except Exception as exc:  # testinfra raises for a connection that fails (ssh exits 255)
             return CommandResult(args, None, "", connection_error_text(exc), unreachable=True)
@@ -76,6 +87,23 @@ class TestinfraHost:
         if rc in (NOT_FOUND, NOT_EXECUTABLE) and "timeout: failed to run command" in stderr:
             return CommandResult(args, None, stdout, stderr, missing=True)
         return CommandResult(args, rc, stdout, stderr)
+
+    def _run_in_shell(self, command: str, deadline: float) -> Any:
+        """testinfra's result of ``command`` run by the host's shell; None: let testinfra run it."""
+        if self.shell is None or not self.connected:
+            return None
+        try:
+            rc, stdout, stderr = self.shell.run(self.testinfra.backend.get_command(command), deadline)
+        except remote_shell.ShellGone:
+            return None
+        result = self.testinfra.backend.result(rc, self.testinfra.backend.encode(command), stdout, stderr)
+        if rc == SSH_FAILED:  # what testinfra's ssh backend makes of 255, for the same diagnosis
+            raise RuntimeError(result)
+        return result
+
+    def close(self) -> None:
+        if self.shell is not None:
+            self.shell.close()
 
     def read_text(self, path: str) -> str | None:
         result = self.run(["cat", "--", path])
@@ -176,6 +204,8 @@ def hosts_from_config(config: pytest.Config) -> list[Host]:
         for backend_host in testinfra.get_hosts([spec], **kwargs):
             name = host_name(backend_host.backend)
             hosts.append(TestinfraHost(ansible_over_ssh(backend_host, spec, kwargs), name, spec))
+    shells = [h.shell for h in hosts if isinstance(h, TestinfraHost) and h.shell is not None]
+    config.add_cleanup(lambda: remote_shell.close_all(shells))
     names = [h.name for h in hosts]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

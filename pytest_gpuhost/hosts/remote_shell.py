@@ -1,0 +1,214 @@
+"""One long-lived shell per SSH host that runs the suite's commands one after the other.
+
+testinfra's SSH backend starts ``sh -c "ssh ... HOST COMMAND"`` for every command: a local shell,
+an ssh client that reads its config and joins the control master, and on the host a session
+with a login shell. That costs about 11 ms of the controller's CPU per command (measured on
+loopback, the server's share on top), and a quick-tier host runs about 35 commands: in a fleet
+run, most of the controller's work. This shell is started once per host through testinfra's own
+ssh command line (the same options, the same control master, so no new handshake); each command
+is written to its stdin, runs with stdin from /dev/null and stdout and stderr into files, and
+comes back behind a header line with its exit status and both lengths.
+
+The shell starts only after a command went through testinfra and the connection answered, so an
+unreachable host is still diagnosed from the ssh client's own words. Anything unexpected (the
+shell does not start, ends, sends something else, or a command outlives its deadline) ends the
+shell for good and hands that command back: it and all later ones go through testinfra as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import selectors
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from typing import Any
+
+# Backends whose command line is ``ssh`` (or sshpass + ssh) and whose remote side is a shell.
+SHELL_BACKENDS = ("ssh", "safe-ssh")
+START_TIMEOUT = 20.0  # seconds for the shell's first line: a session on an open control master
+# The remote loop: $1 is a random token. A command is the lines up to a line that is the token;
+# its answer is "TOKEN STATUS", then `wc -c`'s lines for the two files (stdout, stderr, total),
+# then both outputs. Builtins only, apart from the command, one `wc` and one `cat`: a process
+# per line of output costs the host's CPU. The temporary directory goes with the shell.
+SCRIPT = r"""d=$(mktemp -d) || exit 1
+trap 'rm -rf "$d"' EXIT
+trap 'exit 1' HUP INT TERM PIPE
+echo "$1 ready"
+while :; do
+  c=
+  while IFS= read -r l || exit 0; do
+    [ "$l" = "$1" ] && break
+    c="$c$l
+"
+  done
+  (eval "$c") </dev/null >"$d/o" 2>"$d/e"
+  echo "$1 $?"
+  wc -c "$d/o" "$d/e"
+  cat "$d/o" "$d/e"
+done"""
+
+
+class ShellGone(Exception):
+    """The shell could not run the command; the caller runs it another way."""
+
+
+class Deadline(Exception):
+    """No complete answer before the deadline; the shell is ended."""
+
+
+def supports(backend: Any) -> bool:
+    """Whether ``backend`` is testinfra's plain SSH backend that this shell can stand in for."""
+    return (
+        getattr(backend, "NAME", None) in SHELL_BACKENDS
+        and not getattr(backend, "sudo", False)  # sudo wraps each command: left to testinfra
+        and callable(getattr(backend, "_build_ssh_command", None))
+        and callable(getattr(backend, "result", None))
+    )
+
+
+class RemoteShell:
+    """A ``sh`` on the host behind testinfra's ssh command line; one command at a time."""
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+        self.token = secrets.token_hex(16)
+        self.process: subprocess.Popen[bytes] | None = None
+        self.buffer = bytearray()
+        self.lock = threading.Lock()
+        self.dead = False
+
+    def command_line(self) -> str:
+        """testinfra's own ssh command for the host, running this module's loop."""
+        remote = shlex.join(["exec", "sh", "-c", SCRIPT, "gpuhost-shell", self.token])
+        cmd, args = self.backend._build_ssh_command(remote)
+        return str(" ".join(cmd) % tuple(shlex.quote(str(a)) for a in args))
+
+    def start(self) -> subprocess.Popen[bytes]:
+        try:
+            self.process = process = subprocess.Popen(
+                self.command_line(),
+                shell=True,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,  # its own group: close() ends the shell and the ssh client together
+            )
+        except (
+            OSError,
+            AttributeError,
+            TypeError,
+            ValueError,
+        ) as exc:  # no process, or testinfra's command line changed
+            raise ShellGone(f"the remote shell cannot start: {exc}") from None
+        try:
+            line = self._read_line(process, time.monotonic() + START_TIMEOUT)
+        except Deadline:
+            raise ShellGone("the remote shell did not start in time") from None
+        if line != f"{self.token} ready".encode():
+            raise ShellGone(f"the remote shell did not start: {line[:200]!r}")
+        return process
+
+    def run(self, command: str, timeout: float) -> tuple[int, bytes, bytes]:
+        """Exit status, stdout and stderr of ``command``; ``ShellGone`` when the shell cannot run
+        it or ended before it answered; ``Deadline`` when no answer came in ``timeout`` seconds."""
+        if self.dead or not self.lock.acquire(blocking=False):
+            raise ShellGone("busy or ended")  # a second thread on this host: testinfra runs it
+        process = self.process
+        try:
+            if process is None:
+                process = self.start()
+            if process.stdin is None or self.dead:  # closed by another thread meanwhile
+                raise ShellGone("ended")
+            deadline = time.monotonic() + timeout
+            try:
+                process.stdin.write(f"{command}\n{self.token}\n".encode())
+                process.stdin.flush()
+            except (OSError, ValueError) as exc:  # ValueError: another thread closed it
+                raise ShellGone(f"the remote shell ended: {exc}") from None
+            header = [self._read_line(process, deadline).split() for _ in range(4)]  # status, o, e, total
+            words = [header[0][1:2], *(line[:1] for line in header[1:3])]
+            if header[0][:1] != [self.token.encode()] or not all(w and w[0].isdigit() for w in words):
+                raise ShellGone(f"unexpected answer from the remote shell: {header!r:.200}")
+            status, out_len, err_len = (int(w[0]) for w in words)
+            body = self._read_bytes(process, out_len + err_len, deadline)
+            return status, body[:out_len], body[out_len:]
+        except BaseException:
+            self.close(grace=0.0)  # whatever happened mid-exchange, the stream is out of step
+            if process is not None and process.stdout is not None:
+                process.stdout.close()  # the reader closes it: a close under select would not wake it
+            raise
+        finally:
+            self.lock.release()
+
+    def _fill(self, process: subprocess.Popen[bytes], deadline: float) -> None:
+        """Read what the shell has sent, waiting at most until ``deadline``."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise Deadline("no answer in time")
+        try:
+            assert process.stdout is not None
+            fd = process.stdout.fileno()
+            with selectors.DefaultSelector() as selector:
+                selector.register(fd, selectors.EVENT_READ)
+                if not selector.select(remaining):
+                    raise Deadline("no answer in time")
+            chunk = os.read(fd, 1 << 16)
+        except (OSError, ValueError) as exc:
+            raise ShellGone(f"the remote shell ended: {exc}") from None
+        if not chunk:
+            raise ShellGone("the remote shell ended")
+        self.buffer += chunk
+
+    def _read_line(self, process: subprocess.Popen[bytes], deadline: float) -> bytes:
+        while (end := self.buffer.find(b"\n")) < 0:
+            self._fill(process, deadline)
+        line = bytes(self.buffer[:end])
+        del self.buffer[: end + 1]
+        return line
+
+    def _read_bytes(self, process: subprocess.Popen[bytes], count: int, deadline: float) -> bytes:
+        while len(self.buffer) < count:
+            self._fill(process, deadline)
+        data = bytes(self.buffer[:count])
+        del self.buffer[:count]
+        return data
+
+    def hang_up(self) -> None:
+        """Close the shell's stdin: the remote loop exits and removes its files, then ssh ends."""
+        self.dead = True
+        if self.process is not None and self.process.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.process.stdin.close()
+
+    def close(self, grace: float = 2.0) -> None:
+        """Hang up and wait for the ssh client; its process group is killed if it lingers."""
+        self.hang_up()
+        process, self.process = self.process, None
+        if process is None:
+            return
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(OSError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        if process.stdout is not None and self.lock.acquire(blocking=False):  # else a reader has it
+            try:
+                process.stdout.close()
+            finally:
+                self.lock.release()
+
+
+def close_all(shells: list[RemoteShell], grace: float = 2.0) -> None:
+    """Hang up every shell first, then wait: the hosts' round trips overlap instead of adding up,
+    and shells still busy with a command get ``grace`` seconds in all, not each."""
+    for shell in shells:
+        shell.hang_up()
+    deadline = time.monotonic() + grace
+    for shell in shells:
+        shell.close(grace=max(0.0, deadline - time.monotonic()))
