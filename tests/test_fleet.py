@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from docker_support import busybox_image, docker_client_or_skip
+from faultproxy import Rule, fault_proxy
 from pytester_support import GpuhostPytester
 from sshd_support import SshLab, sshd_or_skip
 
@@ -220,6 +221,29 @@ def test_docker_checks_agree_locally_and_over_ssh(gpuhost_pytester: GpuhostPytes
         assert seen_remotely[check] == "PASSED"
     remote.stdout.fnmatch_lines(["*gpuhost.metric docker.engine=*"])
     remote.stdout.no_fnmatch_line("*Traceback*")
+    assert not list(Path(tempfile.gettempdir()).glob("gpuhost-docker-*")), "a tunnel outlived the run"
+
+
+def test_a_remote_daemon_that_hangs_is_diagnosed_within_the_timeout(
+    gpuhost_pytester: GpuhostPytester, lab: SshLab
+) -> None:
+    """A daemon that accepts the tunnel's connection and never answers: the hung-daemon diagnosis
+    in about the timeout, not the generic "does not answer" after the SDK's own version query."""
+    docker_client_or_skip()
+    with fault_proxy("/var/run/docker.sock") as proxy:
+        proxy.rules.append(Rule("GET", "", "hang"))  # every query: the ping and the version
+        lab.start("node1", SetEnv=f"DOCKER_HOST={proxy.docker_host}")  # the host's CLI context
+        started = time.monotonic()
+        result = gpuhost_pytester.runpytest(
+            "-p", "testinfra.plugin", "--gpuhost", "--gpuhost-tier", "quick",
+            "-k", "test_docker_daemon_answers", "--gpuhost-timeout", "4", *lab.args("node1"),
+        )  # fmt: skip
+        elapsed = time.monotonic() - started
+    result.stdout.fnmatch_lines(
+        ["*node1: the Docker daemon at /tmp/ghp-*accepted the connection*did not answer*"]
+    )
+    result.stdout.no_fnmatch_line("*Traceback*")
+    assert elapsed < 45, f"{elapsed:.0f} s for a 4 s timeout"
     assert not list(Path(tempfile.gettempdir()).glob("gpuhost-docker-*")), "a tunnel outlived the run"
 
 

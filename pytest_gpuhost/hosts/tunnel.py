@@ -220,6 +220,7 @@ def open_remote_client(host: Host, timeout: float) -> tuple[Any, DockerTunnel, s
     on the host. Raises TunnelError with the diagnosis."""
     import docker
 
+    from pytest_gpuhost.docker.client import PROBE_API_VERSION
     from pytest_gpuhost.timeouts import NativeCallTimeout, call_with_timeout
 
     base = ssh_base_argv(host)
@@ -236,10 +237,35 @@ def open_remote_client(host: Host, timeout: float) -> tuple[Any, DockerTunnel, s
     path = remote_socket_path(host, timeout)
     tunnel = DockerTunnel(host, base, path)
     tunnel.open(timeout)
+    seconds = int(max(timeout, 1))
     try:
-        client = docker.DockerClient(base_url=tunnel.url, timeout=int(max(timeout, 1)))
-        call_with_timeout(client.ping, timeout, f"{host.name}: docker ping")
-    except (docker.errors.DockerException, NativeCallTimeout) as exc:
+        # As for a local daemon (docker.client.connect): the ping first, from a client with a fixed
+        # API version, because making a negotiating client asks the daemon for its version and a
+        # hung daemon would hang that, outside any deadline.
+        probe = docker.DockerClient(base_url=tunnel.url, version=PROBE_API_VERSION, timeout=seconds + 5)
+        try:
+            call_with_timeout(probe.ping, timeout, f"{host.name}: docker ping")
+        finally:
+            probe.close()
+        client = call_with_timeout(
+            lambda: docker.DockerClient(base_url=tunnel.url, timeout=seconds),
+            timeout,
+            f"{host.name}: docker version",
+        )
+    except NativeCallTimeout as exc:
+        tunnel.close()
+        raise TunnelError(hung_remote_daemon(host, path, exc.seconds)) from None
+    except docker.errors.DockerException as exc:
         tunnel.close()
         raise TunnelError(diagnose_remote_socket(host, path, timeout, str(exc))) from None
     return client, tunnel, path
+
+
+def hung_remote_daemon(host: Host, path: str, seconds: float) -> Diagnosis:
+    """The tunnel reached the host's socket, but the daemon behind it did not answer in time."""
+    return Diagnosis(
+        f"{host.name}: the Docker daemon at {path} accepted the connection through the SSH tunnel "
+        f"but did not answer within {seconds:.0f} s",
+        "the daemon is hung (a stuck containerd, a full disk, a daemon stopped with SIGSTOP)",
+        f"on {host.name}: `sudo systemctl restart docker`; `sudo journalctl -u docker` tells why it hung",
+    )
