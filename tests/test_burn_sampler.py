@@ -496,3 +496,20 @@ def test_sampler_overhead_is_small() -> None:
     share = sampler.cpu_seconds / sampler.wall_seconds
     assert 0 < share < 0.02, share
     assert math.isclose(sampler.wall_seconds, 1.0, abs_tol=0.3)
+
+
+def test_eight_gpus_at_10_hz_cost_little_and_the_guard_sees_the_hot_one() -> None:
+    """An HGX board (issue 22): every GPU sampled at the rate, one hot GPU among eight stops the
+    burn once, and the sampler's own CPU stays a few per cent of one core."""
+
+    def profile(gpu: int, t: float) -> Reading:
+        return h100_heating(hot_at=0.5)(gpu, t) if gpu == 6 else Reading(70.0, 72.0, 690_000, 1755, 4)
+
+    nvml, stop = FakeNvml(gpus=8, profile=profile), StopRecorder()
+    guard = TemperatureGuard(limit_c=85.0)
+    with make_sampler(nvml, stop, gpus=list(range(8)), hz=10.0, guard=guard.observe) as sampler:
+        assert stop.called.wait(3.0)
+        time.sleep(0.3)
+    assert guard.tripped_gpu == 6 and len(stop.times) == 1
+    assert all(len(sampler.samples(i)) >= 5 for i in range(8)), [len(sampler.samples(i)) for i in range(8)]
+    assert 0 < sampler.cpu_seconds / sampler.wall_seconds < 0.05
