@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
+from pytest_gpuhost.criteria.daemon_reload import daemon_reload_problem, reload_unavailable
 from pytest_gpuhost.criteria.toolkit import (
     broken_tools,
     cdi_driver_problem,
@@ -19,20 +20,23 @@ from pytest_gpuhost.criteria.toolkit import (
     runtime_problem,
     version_skew,
 )
-from pytest_gpuhost.diagnosis import Diagnosis, fail, warn
-from pytest_gpuhost.docker.containers import ALL_GPUS, ContainerFailure, Containers, diagnose_output
-from pytest_gpuhost.facts.daemon_reload import (
-    daemon_reload_problem,
-    read_dev_char,
-    reload_unavailable,
-)
-from pytest_gpuhost.facts.docker_engine import EngineFacts
-from pytest_gpuhost.facts.model import GpuInfo, HostFacts
-from pytest_gpuhost.facts.toolkit import CDI_DIRS, CDI_GENERATE, CDI_KIND, ToolkitFacts, mode_needs
-from pytest_gpuhost.facts.toolkit_pitfalls import (
+from pytest_gpuhost.criteria.toolkit_pitfalls import (
     cdi_support_problem,
     gpus_under_runc_problem,
     hook_path_problem,
+)
+from pytest_gpuhost.diagnosis import Diagnosis, fail, warn
+from pytest_gpuhost.docker.containers import ALL_GPUS, ContainerFailure, Containers, diagnose_output
+from pytest_gpuhost.facts.daemon_reload import read_dev_char
+from pytest_gpuhost.facts.docker_engine import EngineFacts
+from pytest_gpuhost.facts.model import GpuInfo, HostFacts
+from pytest_gpuhost.facts.toolkit import (
+    CDI_DIRS,
+    CDI_GENERATE,
+    CDI_KIND,
+    ToolkitFacts,
+    find_hook_on_daemon_path,
+    mode_needs,
 )
 from pytest_gpuhost.hosts.host import Host
 from pytest_gpuhost.hosts.remote import is_remote
@@ -106,7 +110,9 @@ def test_access_mode_wiring(
         pytest.skip(f"needs the toolkit: {CHECK_TOOLKIT} failed: none of its commands is installed")
     for problem in (
         gpus_under_runc_problem(gpuhost_engine, gpuhost_toolkit, access),
-        hook_path_problem(gpuhost_host, gpuhost_engine, access),
+        hook_path_problem(find_hook_on_daemon_path(gpuhost_host, gpuhost_engine), access)
+        if access == "gpus"
+        else None,
         cdi_support_problem(gpuhost_engine, gpuhost_toolkit, access),
     ):
         if problem is not None:

@@ -22,14 +22,14 @@ from pytest_gpuhost.criteria.toolkit import (
     missing_toolkit,
     runtime_problem,
 )
-from pytest_gpuhost.docker.containers import ContainerFailure, Containers, GpuRequest
-from pytest_gpuhost.facts.docker_engine import gather_engine
-from pytest_gpuhost.facts.toolkit import gather_toolkit, mode_needs
-from pytest_gpuhost.facts.toolkit_pitfalls import (
+from pytest_gpuhost.criteria.toolkit_pitfalls import (
     cdi_support_problem,
     gpus_under_runc_problem,
     hook_path_problem,
 )
+from pytest_gpuhost.docker.containers import ContainerFailure, Containers, GpuRequest
+from pytest_gpuhost.facts.docker_engine import gather_engine
+from pytest_gpuhost.facts.toolkit import find_hook_on_daemon_path, gather_toolkit, mode_needs
 from pytest_gpuhost.hosts.host import LocalHost
 from pytest_gpuhost.versions import version_tuple
 
@@ -180,11 +180,11 @@ def test_misconfigured_toolkit_daemon(
         assert 'could not select device driver "" with capabilities: [[gpu]]' in no_hook.value.diagnosis.found
         assert "nvidia-container-runtime-hook was not on dockerd's PATH" in no_hook.value.diagnosis.cause
         engine = gather_engine(client, LocalHost(), 30, f"unix://{work / 'd.sock'}")
-        static = hook_path_problem(LocalHost(), engine, "gpus")
+        static = hook_path_problem(find_hook_on_daemon_path(LocalHost(), engine), "gpus")
         assert (
             static is not None and "nvidia-container-runtime-hook is on none of the folders" in static.found
         )
-        assert hook_path_problem(LocalHost(), engine, "cdi") is None
+        assert hook_path_problem(find_hook_on_daemon_path(LocalHost(), engine), "cdi") is None
 
         wrong.access_mode = "cdi"
         with pytest.raises(ContainerFailure) as no_cdi:

@@ -9,25 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from pytest_gpuhost.docker.containers import diagnose_daemon_error
-from pytest_gpuhost.facts import toolkit as toolkit_module
-from pytest_gpuhost.facts.daemon_reload import (
-    CREATE_LINKS,
-    DevChar,
-    daemon_reload_problem,
-    missing_links,
-    parse_stat,
-    read_dev_char,
-    reload_unavailable,
-)
-from pytest_gpuhost.facts.docker_engine import DaemonProcess, EngineFacts, parse_engine
-from pytest_gpuhost.facts.toolkit import ToolkitFacts, parse_simple_toml
-from pytest_gpuhost.facts.toolkit_pitfalls import (
+from pytest_gpuhost.criteria.daemon_reload import CREATE_LINKS, daemon_reload_problem, reload_unavailable
+from pytest_gpuhost.criteria.toolkit_pitfalls import (
     cdi_support_problem,
     diagnose_toolkit_error,
     gpus_under_runc_problem,
     hook_path_problem,
 )
+from pytest_gpuhost.docker.containers import diagnose_daemon_error
+from pytest_gpuhost.facts import toolkit as toolkit_module
+from pytest_gpuhost.facts.daemon_reload import DevChar, missing_links, parse_stat, read_dev_char
+from pytest_gpuhost.facts.docker_engine import DaemonProcess, EngineFacts, parse_engine
+from pytest_gpuhost.facts.toolkit import ToolkitFacts, find_hook_on_daemon_path, parse_simple_toml
 from pytest_gpuhost.hosts.host import LocalHost
 
 DATA = Path(__file__).parent / "data"
@@ -157,12 +150,14 @@ def test_hook_on_dockerds_path(tmp_path: Path) -> None:
     (tmp_path / "proc" / "9" / "environ").write_text("PATH=/opt/tk/bin:/usr/bin\0")
     daemon = engine(process=DaemonProcess(9, ("dockerd",), "/usr/bin/dockerd"))
     host = LocalHost(root=tmp_path)
-    finding = hook_path_problem(host, daemon, "gpus")
+    finding = hook_path_problem(find_hook_on_daemon_path(host, daemon), "gpus")
     assert finding is not None and "(/opt/tk/bin:/usr/bin)" in finding.found
     (tmp_path / "opt" / "tk" / "bin").mkdir(parents=True)
     (tmp_path / "opt" / "tk" / "bin" / "nvidia-container-runtime-hook").touch()
-    assert hook_path_problem(host, daemon, "gpus") is None
-    assert hook_path_problem(host, engine(), "gpus") is None  # no process facts: nothing to say
+    assert hook_path_problem(find_hook_on_daemon_path(host, daemon), "gpus") is None
+    assert (
+        hook_path_problem(find_hook_on_daemon_path(host, engine()), "gpus") is None
+    )  # no process facts: nothing to say
 
 
 # -- daemon-reload preconditions --------------------------------------------------------------

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pytest_gpuhost.criteria.toolkit_pitfalls import diagnose_toolkit_error
 from pytest_gpuhost.diagnosis import Diagnosis
 from pytest_gpuhost.docker.errors import (
     DaemonFault,
@@ -31,7 +32,6 @@ from pytest_gpuhost.docker.errors import (
 from pytest_gpuhost.docker.images import ImageUnavailable
 from pytest_gpuhost.docker.images import ensure_image as ensure_present
 from pytest_gpuhost.facts.model import GpuInfo
-from pytest_gpuhost.facts.toolkit_pitfalls import diagnose_toolkit_error
 from pytest_gpuhost.hosts.host import Host
 
 if TYPE_CHECKING:

@@ -20,7 +20,8 @@ from pytest_gpuhost.facts.model import GpuInfo
 from pytest_gpuhost.hosts.host import Host
 from pytest_gpuhost.versions import version_tuple
 
-TOOLS = ("nvidia-ctk", "nvidia-container-runtime", "nvidia-container-runtime-hook", "nvidia-container-cli")
+HOOK = "nvidia-container-runtime-hook"  # the legacy hook: dockerd finds it on its PATH for --gpus
+TOOLS = ("nvidia-ctk", "nvidia-container-runtime", HOOK, "nvidia-container-cli")
 DAEMON_JSON = "/etc/docker/daemon.json"
 RUNTIME_CONFIG = "/etc/nvidia-container-runtime/config.toml"
 CDI_DIRS = ("/etc/cdi", "/var/run/cdi")  # in rising priority, as the CDI spec orders them
@@ -465,3 +466,20 @@ def mode_needs(toolkit: ToolkitFacts, access: str) -> ModeNeeds:
                 "--gpus under runc calls the hook directly, which injects GPUs through libnvidia-container"
             )
     return ModeNeeds(configured, runtime, hook, access, {t: why[t] for t in TOOLS if t in why})
+
+
+@dataclass(frozen=True)
+class HookSearch:
+    """Whether the legacy hook is on the PATH dockerd started with (``path`` None: not readable)."""
+
+    path: str | None
+    found: bool
+
+
+def find_hook_on_daemon_path(host: Host, engine: EngineFacts, hook: str = HOOK) -> HookSearch:
+    """dockerd's PATH from its environment (root can read it) and whether ``hook`` is in one of its folders."""
+    environ = daemon_environment(host, engine)
+    if "PATH" not in environ:
+        return HookSearch(None, False)
+    dirs = [d for d in environ["PATH"].split(os.pathsep) if d]
+    return HookSearch(environ["PATH"], any(host.exists(f"{d.rstrip('/')}/{hook}") for d in dirs))

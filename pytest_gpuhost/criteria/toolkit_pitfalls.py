@@ -9,16 +9,13 @@ not run.
 
 from __future__ import annotations
 
-import os
 import re
 
 from pytest_gpuhost.diagnosis import Diagnosis
 from pytest_gpuhost.facts.docker_engine import EngineFacts
-from pytest_gpuhost.facts.toolkit import CDI_GENERATE, CDI_MODES, ToolkitFacts, daemon_environment, mode_needs
-from pytest_gpuhost.hosts.host import Host
+from pytest_gpuhost.facts.toolkit import CDI_GENERATE, CDI_MODES, HOOK, HookSearch, ToolkitFacts, mode_needs
 from pytest_gpuhost.versions import version_tuple
 
-HOOK = "nvidia-container-runtime-hook"
 SET_DEFAULT = (
     "sudo nvidia-ctk runtime configure --runtime=docker --set-as-default && sudo systemctl restart docker"
 )
@@ -144,18 +141,12 @@ def gpus_under_runc_problem(engine: EngineFacts, toolkit: ToolkitFacts, access: 
     )
 
 
-def hook_path_problem(host: Host, engine: EngineFacts, access: str) -> Diagnosis | None:
-    """dockerd registers --gpus only when the hook is on the PATH it started with (root can read it)."""
-    if access != "gpus":
-        return None
-    environ = daemon_environment(host, engine)
-    if "PATH" not in environ:
-        return None  # not readable here: the container tier's error text says it instead
-    dirs = [d for d in environ["PATH"].split(os.pathsep) if d]
-    if any(host.exists(f"{d.rstrip('/')}/{HOOK}") for d in dirs):
-        return None
+def hook_path_problem(search: HookSearch, access: str) -> Diagnosis | None:
+    """dockerd registers --gpus only when the hook is on the PATH it started with."""
+    if access != "gpus" or search.path is None or search.found:
+        return None  # an unreadable PATH: the container tier's error text says it instead
     return Diagnosis(
-        f"{HOOK} is on none of the folders of dockerd's PATH ({environ['PATH']})",
+        f"{HOOK} is on none of the folders of dockerd's PATH ({search.path})",
         "dockerd looks the hook up once, when it starts, and without it refuses --gpus "
         '(`could not select device driver "" with capabilities: [[gpu]]`), as if there were no toolkit',
         "install nvidia-container-toolkit (it puts the hook in /usr/bin), or add the hook's folder to PATH in "
