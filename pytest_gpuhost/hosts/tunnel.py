@@ -221,6 +221,7 @@ def open_remote_client(host: Host, timeout: float) -> tuple[Any, DockerTunnel, s
     import docker
 
     from pytest_gpuhost.docker.client import PROBE_API_VERSION
+    from pytest_gpuhost.docker.errors import daemon_faults, is_timeout
     from pytest_gpuhost.timeouts import NativeCallTimeout, call_with_timeout
 
     base = ssh_base_argv(host)
@@ -255,8 +256,10 @@ def open_remote_client(host: Host, timeout: float) -> tuple[Any, DockerTunnel, s
     except NativeCallTimeout as exc:
         tunnel.close()
         raise TunnelError(hung_remote_daemon(host, path, exc.seconds)) from None
-    except docker.errors.DockerException as exc:
+    except daemon_faults() as exc:  # the ping raises the transport's own errors, not the SDK's
         tunnel.close()
+        if is_timeout(exc):
+            raise TunnelError(hung_remote_daemon(host, path, timeout)) from None
         raise TunnelError(diagnose_remote_socket(host, path, timeout, str(exc))) from None
     return client, tunnel, path
 
