@@ -38,7 +38,7 @@ def wait_for_file(path: Path, proc: subprocess.Popen[bytes], seconds: float = 12
 def gone(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
+    except (FileNotFoundError, ProcessLookupError, IndexError):  # ESRCH: it exited while we read
         return True
     return state == "Z"
 
