@@ -518,6 +518,14 @@ time.sleep(120)
 """
 
 
+def exited(pid: str) -> bool:
+    """Gone or a zombie; a process that exits while its stat is read is gone (ESRCH)."""
+    try:
+        return "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
 def test_the_tunnel_ends_when_pytest_is_killed(lab: SshLab, tmp_path: Path) -> None:
     """SIGKILL runs no cleanup: the tunnel ends because its stdin closes with the killed process."""
     lab.start("node1")
@@ -529,11 +537,9 @@ def test_the_tunnel_ends_when_pytest_is_killed(lab: SshLab, tmp_path: Path) -> N
     child.kill()
     child.wait()
     deadline = time.monotonic() + 10
-    while Path(f"/proc/{ssh_pid}").exists() and time.monotonic() < deadline:
+    while not exited(ssh_pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert (
-        not Path(f"/proc/{ssh_pid}").exists() or "Z" in Path(f"/proc/{ssh_pid}/stat").read_text().split()[2]
-    )
+    assert exited(ssh_pid)
     # The next session removes the killed one's folder: its socket no longer answers.
     assert directory in remove_stale_tunnels(str(Path(directory).parent))
     assert not Path(directory).exists()
