@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import signal
 import sys
 import threading
 import time
@@ -125,3 +126,42 @@ def test_a_refused_container_is_a_diagnosis(tmp_path: Path, nvml_from_capture: N
 
     outcome = burn_run.run_burn([H100], 5.0, 85.0, refusing, ["burn"], tmp_path, in_container=True)
     assert outcome.diagnosis == refusal
+
+
+@needs_torch
+def test_a_runner_with_sigterm_blocked_still_stops_the_burn_at_once() -> None:
+    """A signal mask is inherited across exec: a runner whose thread had SIGTERM blocked when it
+    started the workload must not leave it deaf (the lifeline and the burn unblock it), and a
+    group that outlives SIGTERM anyway is killed after the grace."""
+    ended = threading.Event()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        process = burn_run.host_process(cpu_argv(60.0))
+        lines, stop = process.__enter__()
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    try:
+
+        def drain() -> None:
+            for line in lines:
+                if '"start"' in line:
+                    stop()
+            ended.set()
+
+        reader = threading.Thread(target=drain, daemon=True)
+        reader.start()
+        assert ended.wait(30.0), "the burn did not end after SIGTERM"
+    finally:
+        process.__exit__(None, None, None)
+
+
+def test_a_stop_escalates_to_sigkill_after_the_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A workload that ignores SIGTERM still ends: the group gets SIGKILL after STOP_GRACE_S."""
+    monkeypatch.setattr(burn_run, "STOP_GRACE_S", 1.0)
+    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(120)"
+    started = time.monotonic()
+    with burn_run.host_process([sys.executable, "-c", stubborn]) as (lines, stop):
+        for line in lines:
+            if line.startswith("up"):
+                stop()
+    assert time.monotonic() - started < 20

@@ -41,6 +41,8 @@ RUNNER_GUARD_OFF = "GPUHOST_TEST_DISABLE_RUNNER_GUARD"
 SETUP_MARGIN_S = 180.0  # image start, framework import, allocation: beyond the burn's own duration
 IDLE_BASELINE_S = 1.0
 COOLDOWN_RECORD_S = 3.0
+# After SIGTERM, the workload has this long (its own hung-worker grace is 10 s) before SIGKILL.
+STOP_GRACE_S = 15.0
 
 
 class _NotStarted(Exception):
@@ -81,9 +83,17 @@ def host_process(argv: list[str]) -> Iterator[tuple[Iterator[str], Callable[[], 
         proc.stdin.write(ARM.decode())
         proc.stdin.flush()
 
+    def kill() -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
     def stop() -> None:
+        """SIGTERM now, SIGKILL if the group outlives the grace: a stop always ends the load."""
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
+        escalation = threading.Timer(STOP_GRACE_S, kill)
+        escalation.daemon = True
+        escalation.start()
 
     def lines() -> Iterator[str]:
         assert proc.stdout is not None

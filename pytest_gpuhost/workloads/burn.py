@@ -324,6 +324,8 @@ def install_signal_handlers(stop: StopFlag) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, handler)
+    if hasattr(signal, "pthread_sigmask"):  # a mask inherited from whoever started us survives exec
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -85,6 +85,13 @@ def end_child(child: subprocess.Popen[bytes]) -> None:
         os.killpg(os.getpid(), signal.SIGKILL)
 
 
+def unblock_stop_signals() -> None:
+    """A signal mask survives exec: a runner that started us with SIGTERM blocked (some thread of
+    it blocked signals when it forked) would leave us, and the workload, deaf to every stop."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+
+
 def status_of(code: int | None) -> int:
     if code is None:
         return EXIT_LOST
@@ -99,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("no command to run")
+    unblock_stop_signals()  # before the child starts: it inherits our mask
     watched = stdin_is_a_lifeline()
     # Our own group: a runner that signals the group reaches the child too; stdin stays ours.
     child = subprocess.Popen(command, stdin=subprocess.DEVNULL)
