@@ -7,7 +7,6 @@ a dated table shipped with the suite (or the site's own copy): every finding nam
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -74,20 +73,8 @@ def gpuhost_driver_modules(
     )
 
 
-def _prefetch(read: Callable[[Host, float], object]) -> Callable[[pytest.Config, str], object]:
-    """How ``prefetch`` reads these facts for every host of a fleet run at once, before the checks."""
-
-    def compute(config: pytest.Config, name: str) -> object:
-        from pytest_gpuhost.stash import SESSION_KEY
-
-        session = config.stash[SESSION_KEY]
-        return read(session.host_named(name), session.settings.timeout)
-
-    return compute
-
-
-prefetch.register("gpuhost_reboot", _prefetch(lambda host, timeout: read_reboot(host)))
-prefetch.register("gpuhost_driver_modules", _prefetch(read_modules))
+prefetch.register_reader("gpuhost_reboot", lambda host, timeout: read_reboot(host))  # all hosts at once
+prefetch.register_reader("gpuhost_driver_modules", read_modules)
 
 
 def test_advisory_table_current(

@@ -17,9 +17,12 @@ import contextlib
 import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
+
+if TYPE_CHECKING:
+    from pytest_gpuhost.hosts.host import Host
 
 T = TypeVar("T")
 # fixture name -> how to compute its value for (config, host name); the order is the order of work.
@@ -30,6 +33,18 @@ MAX_THREADS = 64
 
 def register(fixture: str, compute: Callable[[pytest.Config, str], Any]) -> None:
     WARMERS.setdefault(fixture, compute)
+
+
+def register_reader(fixture: str, read: Callable[[Host, float], Any]) -> None:
+    """Register a fixture whose value is ``read(host, timeout)`` of the host that is named."""
+
+    def compute(config: pytest.Config, name: str) -> Any:
+        from pytest_gpuhost.stash import SESSION_KEY
+
+        session = config.stash[SESSION_KEY]
+        return read(session.host_named(name), session.settings.timeout)
+
+    register(fixture, compute)
 
 
 def value(config: pytest.Config, fixture: str, host: str, compute: Callable[[], T]) -> T:
