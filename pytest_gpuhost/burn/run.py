@@ -83,6 +83,8 @@ def host_process(argv: list[str]) -> Iterator[tuple[Iterator[str], Callable[[], 
         proc.stdin.write(ARM.decode())
         proc.stdin.flush()
 
+    escalations: list[threading.Timer] = []
+
     def kill() -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -94,6 +96,7 @@ def host_process(argv: list[str]) -> Iterator[tuple[Iterator[str], Callable[[], 
         escalation = threading.Timer(STOP_GRACE_S, kill)
         escalation.daemon = True
         escalation.start()
+        escalations.append(escalation)
 
     def lines() -> Iterator[str]:
         assert proc.stdout is not None
@@ -102,6 +105,8 @@ def host_process(argv: list[str]) -> Iterator[tuple[Iterator[str], Callable[[], 
     try:
         yield lines(), stop
     finally:
+        for escalation in escalations:  # the group ends here; a late SIGKILL could hit a reused pgid
+            escalation.cancel()
         end_process_group(proc)
         with contextlib.suppress(OSError):
             proc.stdin.close()
