@@ -417,15 +417,22 @@ class GpuhostSession:
         """A run in which a selected check skipped for a failed precondition fails, even when the
         check that owns the precondition was deselected: a host without a GPU never passes.
 
-        A fleet run first gathers every host's session facts the selected checks need, all hosts at
-        once (``prefetch``), so that hosts checked one after the other wait on no round trip."""
-        if self.fleet and len(self.hosts) > 1 and not hasattr(self.config, "workerinput"):
-            from pytest_gpuhost.hosts import prefetch
+        A fleet run gathers every host's session facts the selected checks need, all hosts at once
+        and beside the checks (``prefetch``), so that hosts checked one after the other wait on
+        no round trip of theirs."""
+        from pytest_gpuhost.hosts import prefetch
 
-            if not session.config.option.collectonly:
-                runs = [item for item in session.items if self.precondition_skip(item) is None]
-                prefetch.warm(self.config, prefetch.plan(runs, self.target_of))  # not for checks that skip
-        result = yield
+        warming = None
+        prefetching = self.fleet and len(self.hosts) > 1 and not hasattr(self.config, "workerinput")
+        if prefetching and not session.config.option.collectonly:
+            runs = [item for item in session.items if self.precondition_skip(item) is None]
+            warming = prefetch.warm(self.config, prefetch.plan(runs, self.target_of))  # not for skips
+        try:
+            result = yield
+        except BaseException:
+            prefetch.finish(self.config, warming, interrupted=True)
+            raise
+        prefetch.finish(self.config, warming, interrupted=False)
         if self.precondition_skips and not session.testsfailed:
             session.testsfailed = 1  # pytest then ends with TESTS_FAILED
         return result

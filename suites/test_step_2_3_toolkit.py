@@ -27,7 +27,7 @@ from pytest_gpuhost.criteria.toolkit_pitfalls import (
 )
 from pytest_gpuhost.diagnosis import Diagnosis, fail, warn
 from pytest_gpuhost.docker.containers import ALL_GPUS, ContainerFailure, Containers, diagnose_output
-from pytest_gpuhost.facts.daemon_reload import read_dev_char
+from pytest_gpuhost.facts.daemon_reload import DevChar
 from pytest_gpuhost.facts.docker_engine import EngineFacts
 from pytest_gpuhost.facts.model import GpuInfo, HostFacts
 from pytest_gpuhost.facts.toolkit import (
@@ -122,13 +122,14 @@ def test_access_mode_wiring(
 def test_gpus_survive_daemon_reload(
     gpuhost_engine: EngineFacts,
     gpuhost_toolkit: ToolkitFacts,
+    gpuhost_dev_char: DevChar,
     gpuhost_host: Host,
     gpuhost_settings: Settings,
     request: pytest.FixtureRequest,
 ) -> None:
     """A warning when `systemctl daemon-reload` would take GPUs from running containers (systemd cgroups
     without /dev/char links, or the legacy hook); with --gpuhost-daemon-reload yes, the reload is tried."""
-    dev = read_dev_char(gpuhost_host, gpuhost_settings.timeout)
+    dev = gpuhost_dev_char
     print(
         f"gpuhost.metric docker.cgroup_driver={gpuhost_engine.cgroup_driver} "
         f"dev_char.nodes={len(dev.nodes)} dev_char.missing={len(dev.missing)}"

@@ -140,6 +140,19 @@ class SshLab:
             f"--ssh-config={self.ssh_config(identity)}",
         ]
 
+    def start_master(self, name: str, control: Path) -> None:
+        """A control master for ``name`` as testinfra's first command leaves one: in the
+        background, persisting 60 s after its last client."""
+        options = ["ControlMaster=auto", "ControlPersist=60", f"ControlPath={control}"]
+        argv = ["ssh", "-F", str(self.ssh_config())]
+        for option in options:
+            argv += ["-o", option]
+        subprocess.run([*argv, name, "true"], check=True, timeout=30)
+
+    def master_alive(self, name: str, control: Path) -> bool:
+        ask = ["ssh", "-F", str(self.ssh_config()), "-o", f"ControlPath={control}", "-O", "check", name]
+        return subprocess.run(ask, capture_output=True, timeout=10).returncode == 0
+
     def stop(self) -> None:
         """Stop the servers and the sessions they forked: the clients' control masters then exit."""
         for server in self.servers.values():

@@ -207,8 +207,12 @@ from pytest_gpuhost.compute.runner import LIFELINE_SCRIPT, MOUNT_POINT, started_
 
 VOLUMES = {"/usr": {"bind": "/usr", "mode": "ro"}, "/usr/lib": {"bind": "/lib", "mode": "ro"},
            "/usr/lib64": {"bind": "/lib64", "mode": "ro"}}
-tunnel = DockerTunnel(LocalHost(name="node1"), ["ssh", "-F", sys.argv[1], "node1"], "/var/run/docker.sock")
+master = None
+if len(sys.argv) > 5:  # the forwarding on a control master that outlives this runner
+    master = ["ssh", "-o", "ControlMaster=no", "-o", f"ControlPath={sys.argv[5]}", "-F", sys.argv[1], "node1"]
+tunnel = DockerTunnel(LocalHost(name="node1"), ["ssh", "-F", sys.argv[1], "node1"], "/var/run/docker.sock", master)
 tunnel.open(timeout=10)
+assert tunnel.on_master == (master is not None)
 client = docker.DockerClient(base_url=tunnel.url, timeout=30)
 containers = Containers(client, LocalHost(), "devices", "never", volumes=VOLUMES)
 busy = ["PY", "-c", "import time; time.sleep(600)"]
@@ -219,8 +223,12 @@ with started_workload(containers, sys.argv[2], with_lifeline("PY", f"{MOUNT_POIN
 """
 
 
-def test_over_the_ssh_tunnel_a_sigkilled_runner_leaves_no_running_container(tmp_path: Path) -> None:
-    """A remote host's workload: the attach runs through the tunnel, which ends with the runner."""
+@pytest.mark.parametrize("on_master", [False, True], ids=["own-connection", "on-control-master"])
+def test_over_the_ssh_tunnel_a_sigkilled_runner_leaves_no_running_container(
+    tmp_path: Path, on_master: bool
+) -> None:
+    """A remote host's workload: the attach runs through the tunnel, which ends with the runner.
+    On a control master, which outlives the runner, its channel closes with the runner's socket."""
     from sshd_support import SshLab, sshd_or_skip
 
     client = docker_client_or_skip()
@@ -232,6 +240,11 @@ def test_over_the_ssh_tunnel_a_sigkilled_runner_leaves_no_running_container(tmp_
     runner: subprocess.Popen[bytes] | None = None
     try:
         lab.start("node1")
+        master = []
+        if on_master:
+            control = tmp_path / "ctl"
+            master = [str(control)]
+            lab.start_master("node1", control)
         runner = subprocess.Popen(
             [
                 sys.executable,
@@ -241,6 +254,7 @@ def test_over_the_ssh_tunnel_a_sigkilled_runner_leaves_no_running_container(tmp_
                 image,
                 check,
                 str(started),
+                *master,
             ],
             env={**os.environ, "PYTHONPATH": str(ROOT)},
             stdout=subprocess.PIPE,
@@ -258,6 +272,8 @@ def test_over_the_ssh_tunnel_a_sigkilled_runner_leaves_no_running_container(tmp_
         stopped_after = time.monotonic() - killed
         assert container.status != "running"
         assert stopped_after < PROMISE_S, f"the remote workload outlived its runner by {stopped_after:.2f} s"
+        if on_master:  # the channel closed, not the connection: the master still runs
+            assert lab.master_alive("node1", Path(master[0]))
     finally:
         if runner is not None and runner.poll() is None:
             runner.kill()

@@ -77,7 +77,7 @@ def test_hosts_are_warmed_at_once_and_only_what_is_selected(warmers: dict[str, A
         "gpu03": ["gpuhost_engine"],
         "gpu04": ["gpuhost_engine"],
     }
-    prefetch.warm(config, work)
+    prefetch.finish(config, prefetch.warm(config, work), interrupted=False)
     assert not together.broken
     assert len(seen) == 5 and all(thread.startswith("gpuhost-prefetch") for _, _, thread in seen)
     assert prefetch.value(config, "gpuhost_engine", "gpu03", lambda: "again") == "engine@gpu03"
@@ -86,5 +86,68 @@ def test_hosts_are_warmed_at_once_and_only_what_is_selected(warmers: dict[str, A
 def test_one_host_is_not_prefetched(warmers: dict[str, Any]) -> None:
     config: Any = FakeConfig()
     prefetch.register("gpuhost_engine", lambda cfg, host: pytest.fail("must not run"))
-    prefetch.warm(config, {"gpu01": ["gpuhost_engine"]})
+    assert prefetch.warm(config, {"gpu01": ["gpuhost_engine"]}) is None
     assert prefetch.value(config, "gpuhost_engine", "gpu01", lambda: "now") == "now"
+
+
+def test_the_first_host_s_checks_start_while_another_host_still_answers(warmers: dict[str, Any]) -> None:
+    """gpu02 answers only once gpu01's value was taken: a warm that waited for every host, or a
+    value that waited for the slowest, would hang here (the event's timeout fails it instead)."""
+    config: Any = FakeConfig()
+    gpu01_taken = threading.Event()
+    calls: list[str] = []
+
+    def compute(cfg: Any, host: str) -> str:
+        if host == "gpu02":
+            assert gpu01_taken.wait(timeout=20), "the checks waited for the slowest host"
+        calls.append(host)
+        return f"engine@{host}"
+
+    prefetch.register("gpuhost_engine", compute)
+    pool = prefetch.warm(config, {"gpu01": ["gpuhost_engine"], "gpu02": ["gpuhost_engine"]})
+    try:
+        assert prefetch.value(config, "gpuhost_engine", "gpu01", lambda: "again") == "engine@gpu01"
+        gpu01_taken.set()
+        # gpu02's value is still being computed: the check waits for it rather than asking again.
+        assert prefetch.value(config, "gpuhost_engine", "gpu02", lambda: "again") == "engine@gpu02"
+    finally:
+        prefetch.finish(config, pool, interrupted=False)
+    assert sorted(calls) == ["gpu01", "gpu02"]
+
+
+def test_a_host_s_thread_never_waits_for_its_own_later_value(warmers: dict[str, Any]) -> None:
+    """The toolkit's facts ask for the engine's: planned later for the same host, it is computed
+    there and then, not awaited (which would wait forever)."""
+    config: Any = FakeConfig()
+    done = threading.Semaphore(0)
+
+    def toolkit(cfg: Any, host: str) -> str:
+        engine = prefetch.value(cfg, "gpuhost_engine", host, lambda: f"engine@{host}")
+        done.release()
+        return f"toolkit with {engine}"
+
+    prefetch.register("gpuhost_toolkit", toolkit)
+    prefetch.register("gpuhost_engine", lambda cfg, host: pytest.fail("already kept"))
+    work = {h: ["gpuhost_toolkit", "gpuhost_engine"] for h in ("gpu01", "gpu02")}
+    pool = prefetch.warm(config, work)
+    assert done.acquire(timeout=20) and done.acquire(timeout=20)  # both hosts' threads got there
+    prefetch.finish(config, pool, interrupted=False)
+    assert prefetch.value(config, "gpuhost_toolkit", "gpu02", lambda: "again") == "toolkit with engine@gpu02"
+    assert prefetch.value(config, "gpuhost_engine", "gpu01", lambda: "again") == "engine@gpu01"
+
+
+def test_after_ctrl_c_nobody_waits_for_a_host_that_hangs(warmers: dict[str, Any]) -> None:
+    config: Any = FakeConfig()
+    release = threading.Event()
+
+    def hangs(cfg: Any, host: str) -> str:
+        release.wait(timeout=20)
+        return "late"
+
+    prefetch.register("gpuhost_engine", hangs)
+    pool = prefetch.warm(config, {"gpu01": ["gpuhost_engine"], "gpu02": ["gpuhost_engine"]})
+    try:
+        prefetch.finish(config, pool, interrupted=True)  # returns at once
+        assert prefetch.value(config, "gpuhost_engine", "gpu01", lambda: "asked anew") == "asked anew"
+    finally:
+        release.set()

@@ -254,3 +254,18 @@ def test_the_shell_runs_here_as_on_a_host() -> None:
         assert shell.run("printf 'x\\n\\ny'", timeout=10) == (0, b"x\n\ny", b"")
     finally:
         shell.close()
+
+
+def test_the_token_is_in_no_command_line_on_the_host() -> None:
+    """The markers' token comes on stdin: `ps` on the host shows the loop, not the token, so no
+    other user there can forge an answer."""
+    shell = remote_shell.RemoteShell(HereBackend())
+    try:
+        assert shell.token not in shell.command_line()
+        assert shell.run("printf 'a\\n%s o\\nb' x", timeout=10) == (0, b"a\nx o\nb", b"")
+        process = shell.process
+        assert process is not None
+        with open(f"/proc/{process.pid}/cmdline", "rb") as cmdline:
+            assert shell.token.encode() not in cmdline.read()
+    finally:
+        shell.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -18,10 +19,10 @@ from pytest_gpuhost.criteria.toolkit_pitfalls import (
 )
 from pytest_gpuhost.docker.containers import diagnose_daemon_error
 from pytest_gpuhost.facts import toolkit as toolkit_module
-from pytest_gpuhost.facts.daemon_reload import DevChar, missing_links, parse_stat, read_dev_char
+from pytest_gpuhost.facts.daemon_reload import DevChar, missing_links, parse_stat, read_dev_char, read_links
 from pytest_gpuhost.facts.docker_engine import DaemonProcess, EngineFacts, parse_engine
 from pytest_gpuhost.facts.toolkit import ToolkitFacts, find_hook_on_daemon_path, parse_simple_toml
-from pytest_gpuhost.hosts.host import LocalHost
+from pytest_gpuhost.hosts.host import CommandResult, LocalHost
 
 DATA = Path(__file__).parent / "data"
 ERRORS = DATA / "toolkit-1.20" / "errors"
@@ -207,6 +208,26 @@ def test_read_dev_char_on_this_machine() -> None:
     """No /dev/nvidia* here: no nodes, nothing missing, no error."""
     dev = read_dev_char(LocalHost(), 10)
     assert dev.error is None and set(dev.missing) <= set(dev.nodes)
+
+
+def test_read_links_asks_once_for_every_link(tmp_path: Path) -> None:
+    """Targets in order, None for a plain file and for a missing path, from one command."""
+    (tmp_path / "nvidia0").write_text("")
+    (tmp_path / "195:0").symlink_to("../nvidia0")
+    (tmp_path / "195:255").symlink_to("../nvidiactl")  # dangling: still a link
+    commands: list[list[str]] = []
+
+    class Counting(LocalHost):
+        def run(self, argv: Sequence[str], timeout: float = 10) -> CommandResult:
+            commands.append(list(argv))
+            return super().run(argv, timeout)
+
+    paths = [str(tmp_path / n) for n in ("195:0", "nvidia0", "195:255", "absent")]
+    assert read_links(Counting(), paths, 10) == dict(
+        zip(paths, ["../nvidia0", None, "../nvidiactl", None], strict=True)
+    )
+    assert len(commands) == 1
+    assert read_links(Counting(), [], 10) == {} and len(commands) == 1
 
 
 def test_reload_only_where_it_can_run() -> None:

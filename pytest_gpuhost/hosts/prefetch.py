@@ -1,11 +1,13 @@
-"""Per-host session facts gathered for all hosts at once, before the first check runs.
+"""Per-host session facts gathered for all hosts at once, while the checks run.
 
 A fleet run without pytest-xdist checks one host after the other; each host's session fixtures
 (the Docker tunnel and ``docker info``, the toolkit's files, the health survey, the kernel log)
 cost round trips over SSH, and serially they add up with the number of hosts. Modules register
-the work behind such a fixture here; before the run loop the session computes, for every host
-that a collected check of that fixture targets, all of them in threads, one host per thread.
-The fixture then takes the value (or re-raises the exception) instead of asking again.
+the work behind such a fixture here; when the run loop starts, the session starts, for every
+host that a collected check of that fixture targets, all of them in threads, one host per
+thread. The checks start at once: a fixture whose value is still being computed waits for that
+value (or re-raises its exception) instead of asking again, so the first host's checks run
+while the other hosts still answer, and the slowest host holds up only its own checks.
 
 Only the process that runs the checks prefetches (not a pytest-xdist controller), only with two
 or more hosts, and only what the selected checks use.
@@ -15,8 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
@@ -28,7 +31,10 @@ T = TypeVar("T")
 # fixture name -> how to compute its value for (config, host name); the order is the order of work.
 WARMERS: dict[str, Callable[[pytest.Config, str], Any]] = {}
 CACHE_KEY = pytest.StashKey[dict[tuple[str, str], tuple[bool, Any]]]()
+# (fixture, host) -> set once the prefetch has kept that value (or given up on it)
+PENDING_KEY = pytest.StashKey[dict[tuple[str, str], threading.Event]]()
 MAX_THREADS = 64
+_worker = threading.local()  # .host: the host a prefetch thread works for
 
 
 def register(fixture: str, compute: Callable[[pytest.Config, str], Any]) -> None:
@@ -51,6 +57,10 @@ def value(config: pytest.Config, fixture: str, host: str, compute: Callable[[], 
     """The prefetched value of ``fixture`` for ``host``, else ``compute()`` now (and kept)."""
     cache = config.stash.setdefault(CACHE_KEY, {})
     found = cache.get((fixture, host))
+    pending = config.stash.get(PENDING_KEY, {}).get((fixture, host))
+    if found is None and pending is not None and getattr(_worker, "host", None) != host:
+        pending.wait()  # the host's own thread never waits for itself: it computes in order
+        found = cache.get((fixture, host))
     if found is None:
         try:
             result: Any = compute()
@@ -75,21 +85,41 @@ def plan(items: Iterable[pytest.Item], target_of: Callable[[pytest.Item], str]) 
     return {host: [f for f in WARMERS if f in names] for host, names in wanted.items()}
 
 
-def warm(config: pytest.Config, work: Mapping[str, Sequence[str]]) -> None:
-    """Compute every host's planned values, one thread per host; failures are kept for the fixture."""
+def warm(config: pytest.Config, work: Mapping[str, Sequence[str]]) -> ThreadPoolExecutor | None:
+    """Start computing every host's planned values, one thread per host, and return at once;
+    ``finish`` ends the work. Failures are kept for the fixture."""
     if len(work) < 2:
-        return
+        return None
+    pending = config.stash.setdefault(PENDING_KEY, {})
+    for host, fixtures in work.items():
+        for fixture in fixtures:
+            pending[(fixture, host)] = threading.Event()
 
     def one_host(host: str) -> None:
-        for fixture in work[host]:
-            compute = functools.partial(WARMERS[fixture], config, host)
-            # A failure is kept in the cache: the check that uses the fixture reports it.
-            with contextlib.suppress(Exception, pytest.skip.Exception, pytest.fail.Exception):
-                value(config, fixture, host, compute)
+        _worker.host = host
+        try:
+            for fixture in work[host]:
+                compute = functools.partial(WARMERS[fixture], config, host)
+                # A failure is kept in the cache: the check that uses the fixture reports it.
+                with contextlib.suppress(Exception, pytest.skip.Exception, pytest.fail.Exception):
+                    value(config, fixture, host, compute)
+                pending[(fixture, host)].set()
+        finally:
+            for fixture in work[host]:  # whatever ended the thread, no fixture waits for it
+                pending[(fixture, host)].set()
 
     pool = ThreadPoolExecutor(max_workers=min(MAX_THREADS, len(work)), thread_name_prefix="gpuhost-prefetch")
-    try:
-        wait([pool.submit(one_host, host) for host in work])
-    finally:
-        # Ctrl-C: do not wait for the hosts still answering; their fixtures ask again if needed.
-        pool.shutdown(wait=False, cancel_futures=True)
+    for host in work:  # in the order the checks will ask
+        pool.submit(one_host, host)
+    return pool
+
+
+def finish(config: pytest.Config, pool: ThreadPoolExecutor | None, interrupted: bool) -> None:
+    """After the run loop: wait for the hosts still answering (their sessions are torn down
+    next), except after Ctrl-C, which waits for nobody; fixtures asked later compute anew."""
+    if pool is None:
+        return
+    pool.shutdown(wait=not interrupted, cancel_futures=True)
+    for event in config.stash.get(PENDING_KEY, {}).values():
+        event.set()  # a cancelled host's values: computed by whoever asks
+    config.stash[PENDING_KEY] = {}

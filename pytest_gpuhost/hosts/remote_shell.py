@@ -6,8 +6,10 @@ with a login shell. That costs about 11 ms of the controller's CPU per command (
 loopback, the server's share on top), and a quick-tier host runs about 35 commands: in a fleet
 run, most of the controller's work. This shell is started once per host through testinfra's own
 ssh command line (the same options, the same control master, so no new handshake); each command
-is written to its stdin, runs with stdin from /dev/null and stdout and stderr into files, and
-comes back behind a header line with its exit status and both lengths.
+is written to its stdin and runs with stdin from /dev/null; its stdout goes straight back, then a
+marker line, its stderr (kept in a file: empty, it costs no process) and a line with its exit
+status. The markers carry a random token the shell reads from its stdin, so it is in no command
+line that other users of the host could read with `ps`.
 
 The shell starts only after a command went through testinfra and the connection answered, so an
 unreachable host is still diagnosed from the ssh client's own words. Anything unexpected (the
@@ -31,25 +33,28 @@ from typing import Any
 # Backends whose command line is ``ssh`` (or sshpass + ssh) and whose remote side is a shell.
 SHELL_BACKENDS = ("ssh", "safe-ssh")
 START_TIMEOUT = 20.0  # seconds for the shell's first line: a session on an open control master
-# The remote loop: $1 is a random token. A command is the lines up to a line that is the token;
-# its answer is "TOKEN STATUS", then `wc -c`'s lines for the two files (stdout, stderr, total),
-# then both outputs. Builtins only, apart from the command, one `wc` and one `cat`: a process
-# per line of output costs the host's CPU. The temporary directory goes with the shell.
-SCRIPT = r"""d=$(mktemp -d) || exit 1
+# The remote loop. Its first line of input is a random token; a command is the lines up to a line
+# that is the token. The answer is the command's stdout, "\nTOKEN o\n", its stderr, and
+# "\nTOKEN STATUS\n". Builtins only, apart from the command and a `cat` for a stderr that is not
+# empty: a process per command costs the host's CPU (about 1 ms each), and a host answers about 25
+# commands. The temporary directory goes with the shell.
+SCRIPT = r"""IFS= read -r t || exit 1
+d=$(mktemp -d) || exit 1
 trap 'rm -rf "$d"' EXIT
 trap 'exit 1' HUP INT TERM PIPE
-echo "$1 ready"
+echo "$t ready"
 while :; do
   c=
   while IFS= read -r l || exit 0; do
-    [ "$l" = "$1" ] && break
+    [ "$l" = "$t" ] && break
     c="$c$l
 "
   done
-  (eval "$c") </dev/null >"$d/o" 2>"$d/e"
-  echo "$1 $?"
-  wc -c "$d/o" "$d/e"
-  cat "$d/o" "$d/e"
+  (eval "$c") </dev/null 2>"$d/e"
+  s=$?
+  printf '\n%s o\n' "$t"
+  [ ! -s "$d/e" ] || cat "$d/e"
+  printf '\n%s %s\n' "$t" "$s"
 done"""
 
 
@@ -84,7 +89,7 @@ class RemoteShell:
 
     def command_line(self) -> str:
         """testinfra's own ssh command for the host, running this module's loop."""
-        remote = shlex.join(["exec", "sh", "-c", SCRIPT, "gpuhost-shell", self.token])
+        remote = shlex.join(["exec", "sh", "-c", SCRIPT, "gpuhost-shell"])
         cmd, args = self.backend._build_ssh_command(remote)
         return str(" ".join(cmd) % tuple(shlex.quote(str(a)) for a in args))
 
@@ -106,7 +111,12 @@ class RemoteShell:
         ) as exc:  # no process, or testinfra's command line changed
             raise ShellGone(f"the remote shell cannot start: {exc}") from None
         try:
+            assert process.stdin is not None
+            process.stdin.write(f"{self.token}\n".encode())
+            process.stdin.flush()
             line = self._read_line(process, time.monotonic() + START_TIMEOUT)
+        except (OSError, ValueError):
+            raise ShellGone("the remote shell ended before it started") from None
         except Deadline:
             raise ShellGone("the remote shell did not start in time") from None
         if line != f"{self.token} ready".encode():
@@ -130,13 +140,13 @@ class RemoteShell:
                 process.stdin.flush()
             except (OSError, ValueError) as exc:  # ValueError: another thread closed it
                 raise ShellGone(f"the remote shell ended: {exc}") from None
-            header = [self._read_line(process, deadline).split() for _ in range(4)]  # status, o, e, total
-            words = [header[0][1:2], *(line[:1] for line in header[1:3])]
-            if header[0][:1] != [self.token.encode()] or not all(w and w[0].isdigit() for w in words):
-                raise ShellGone(f"unexpected answer from the remote shell: {header!r:.200}")
-            status, out_len, err_len = (int(w[0]) for w in words)
-            body = self._read_bytes(process, out_len + err_len, deadline)
-            return status, body[:out_len], body[out_len:]
+            token = self.token.encode()
+            out = self._read_until(process, b"\n" + token + b" o\n", deadline)
+            err = self._read_until(process, b"\n" + token + b" ", deadline)
+            status = self._read_line(process, deadline)
+            if not status.isdigit():
+                raise ShellGone(f"unexpected answer from the remote shell: {status!r:.200}")
+            return int(status), out, err
         except BaseException:
             self.close(grace=0.0)  # whatever happened mid-exchange, the stream is out of step
             if process is not None and process.stdout is not None:
@@ -171,11 +181,14 @@ class RemoteShell:
         del self.buffer[: end + 1]
         return line
 
-    def _read_bytes(self, process: subprocess.Popen[bytes], count: int, deadline: float) -> bytes:
-        while len(self.buffer) < count:
+    def _read_until(self, process: subprocess.Popen[bytes], marker: bytes, deadline: float) -> bytes:
+        """What the shell sent before ``marker``; the marker is consumed too."""
+        searched = 0
+        while (end := self.buffer.find(marker, searched)) < 0:
+            searched = max(0, len(self.buffer) - len(marker) + 1)  # a long output is scanned once
             self._fill(process, deadline)
-        data = bytes(self.buffer[:count])
-        del self.buffer[:count]
+        data = bytes(self.buffer[:end])
+        del self.buffer[: end + len(marker)]
         return data
 
     def hang_up(self) -> None:

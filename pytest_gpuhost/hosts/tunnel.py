@@ -1,13 +1,19 @@
-"""A remote host's Docker daemon, reached through an SSH tunnel to its socket.
+"""A remote host's Docker daemon, reached through an SSH forwarding of its socket.
 
-``ssh -L LOCAL.sock:/var/run/docker.sock host`` (OpenSSH 6.7+) makes the remote daemon a local
-unix socket, so the SDK talks to it exactly as to a local daemon: engine facts, containers,
-image builds and the sweep are the same code for both. The tunnel uses the options testinfra
-uses for the host (ssh config, identity file, user, port, extra arguments) on a connection of
-its own: a forwarding held by a shared control master would outlive the tunnel.
+``ssh -L LOCAL.sock:/var/run/docker.sock`` (OpenSSH 6.7+) makes the remote daemon a local unix
+socket, so the SDK talks to it exactly as to a local daemon: engine facts, containers, image
+builds and the sweep are the same code for both.
 
-The remote side runs ``cat`` on the tunnel's stdin, so the tunnel ends when this process ends,
-even when pytest is killed with SIGKILL and no cleanup runs.
+The forwarding goes on the host's control master (``ssh -O forward``), the connection its
+commands already use: a second connection costs a key exchange, most of what a host costs a
+fleet run. Each connection through it is an SSH channel that closes with its socket here, so a
+workload's attach still ends with the process that holds it, even one killed with SIGKILL. The
+listener itself lives as long as the master: after a SIGKILL, until testinfra's
+``ControlPersist`` runs out; it gives no one more than the master's own socket beside it does.
+
+Without a control master of ours (a paramiko host, a ControlPath of the user's own, a master
+that is gone), the tunnel opens a connection of its own whose remote side runs ``cat`` on the
+tunnel's stdin, so it ends when this process ends, even when pytest is killed with SIGKILL.
 """
 
 from __future__ import annotations
@@ -50,14 +56,20 @@ class TunnelError(Exception):
         self.diagnosis = diagnosis
 
 
-def ssh_base_argv(host: Host) -> list[str] | None:
-    """``ssh`` and testinfra's options for ``host``; None when testinfra does not reach it by SSH."""
+def _backend(host: Host) -> Any:
     backend = getattr(getattr(host, "testinfra", None), "backend", None)
-    if backend is None or getattr(backend, "NAME", None) not in SSH_BACKENDS:
+    return backend if getattr(backend, "NAME", None) in SSH_BACKENDS else None
+
+
+def ssh_base_argv(host: Host, options: Sequence[str] = TUNNEL_OPTIONS) -> list[str] | None:
+    """``ssh`` and testinfra's options for ``host``, after ``options``; None when testinfra does
+    not reach it by SSH."""
+    backend = _backend(host)
+    if backend is None:
         return None
     spec = backend.host  # testinfra's HostSpec: name, port, user, password
     argv = ["sshpass", "-p", str(spec.password), "ssh"] if spec.password else ["ssh"]
-    for option in TUNNEL_OPTIONS:
+    for option in options:
         argv += ["-o", option]
     extra = getattr(backend, "ssh_extra_args", None)
     if extra:
@@ -74,16 +86,37 @@ def ssh_base_argv(host: Host) -> list[str] | None:
     return [*argv, str(spec.name)]
 
 
+def master_control_path(host: Host) -> str | None:
+    """The control socket of the master that testinfra's commands for ``host`` share, when the
+    plugin named it (``hosts.remote.control_path``); None when the user's own options decide."""
+    backend = _backend(host)
+    if backend is None or getattr(backend, "NAME", None) == "paramiko":
+        return None
+    extra = str(getattr(backend, "ssh_extra_args", None) or "").lower()
+    path = getattr(backend, "controlpath", None)
+    if not path or not getattr(backend, "controlpersist", 0) or "control" in extra:
+        return None  # testinfra passes no ControlPath then, or the user's own one wins
+    return str(path)
+
+
 def ssh_with_options(base_argv: Sequence[str], *options: str) -> list[str]:
     """``ssh_base_argv``'s command with more options before the host name; a remote command may follow."""
     return [*base_argv[:-1], *options, base_argv[-1]]
 
 
+# The docker CLI's own answer only where something may change it (DOCKER_HOST, DOCKER_CONTEXT,
+# a current context in its config): starting the CLI costs the host more than the rest of its
+# commands together; exit 3 says the CLI would use its default socket.
+SOCKET_SCRIPT = (
+    '[ -z "$DOCKER_HOST$DOCKER_CONTEXT" ] && '
+    '! grep -qs currentContext "${DOCKER_CONFIG:-$HOME/.docker}/config.json" && exit 3; '
+    "exec docker context inspect --format '{{.Endpoints.docker.Host}}'"
+)
+
+
 def remote_socket_path(host: Host, timeout: float) -> str:
     """The socket the host's own docker CLI would use (its current context), else the default."""
-    result = host.run(
-        ["docker", "context", "inspect", "--format", "{{.Endpoints.docker.Host}}"], timeout=timeout
-    )
+    result = host.run(["sh", "-c", SOCKET_SCRIPT], timeout=timeout)
     endpoint = result.stdout.strip() if result.ok else ""
     return endpoint.removeprefix("unix://") if endpoint.startswith("unix://") else DEFAULT_REMOTE_SOCKET
 
@@ -117,16 +150,26 @@ def diagnose_remote_socket(host: Host, path: str, timeout: float, error: str) ->
 
 
 class DockerTunnel:
-    """One ``ssh -L`` process that forwards a local socket to the host's Docker socket."""
+    """A local socket forwarded to the host's Docker socket: on the host's control master when
+    ``master_argv`` (ssh's command line for it) reaches one, else by an ``ssh -L`` of its own."""
 
-    def __init__(self, host: Host, base_argv: Sequence[str], remote_socket: str) -> None:
+    def __init__(
+        self,
+        host: Host,
+        base_argv: Sequence[str],
+        remote_socket: str,
+        master_argv: Sequence[str] | None = None,
+    ) -> None:
         self.host = host
         self.remote_socket = remote_socket
         remove_stale_tunnels(_socket_dir())
         self.directory = tempfile.mkdtemp(prefix="gpuhost-docker-", dir=_socket_dir())
         self.local_socket = os.path.join(self.directory, "docker.sock")
-        forward = ssh_with_options(base_argv, "-T", "-L", f"{self.local_socket}:{remote_socket}")
+        self.forward_spec = f"{self.local_socket}:{remote_socket}"
+        forward = ssh_with_options(base_argv, "-T", "-L", self.forward_spec)
         self.argv = [*forward, "cat >/dev/null"]  # ends when our end of its stdin closes
+        self.master_argv = None if master_argv is None else list(master_argv)
+        self.on_master = False
         self._stderr_path = os.path.join(self.directory, "ssh.err")
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -140,7 +183,10 @@ class DockerTunnel:
         return ""
 
     def open(self, timeout: float) -> str:
-        """Start ssh and wait for the local socket; raises TunnelError with the SSH diagnosis."""
+        """Forward on the master, else start ssh and wait for the local socket; raises
+        TunnelError with the SSH diagnosis."""
+        if self._forward_on_master(timeout):
+            return self.url
         from pytest_gpuhost.hosts.remote import diagnose_connection
 
         with open(self._stderr_path, "wb") as err:
@@ -172,15 +218,65 @@ class DockerTunnel:
             time.sleep(0.02)
         return self.url
 
-    def close(self) -> None:
-        """End ssh (closing its stdin ends the remote ``cat``) and remove the local socket."""
-        process, self.process = self.process, None
-        if process is not None:
+    def _master_command(self, command: str) -> list[str] | None:
+        """``ssh -O forward`` or ``-O cancel`` of this forwarding; None without a master."""
+        if self.master_argv is None:
+            return None
+        return ssh_with_options(self.master_argv, "-O", command, "-L", self.forward_spec)
+
+    def _forward_on_master(self, timeout: float) -> bool:
+        """Whether the master now listens on the local socket; otherwise (no master, a refusal)
+        the tunnel makes its own connection."""
+        argv = self._master_command("forward")
+        if argv is None:
+            return False
+        try:
+            done = subprocess.run(
+                argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=max(timeout, 1.0)
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        self.on_master = done.returncode == 0 and os.path.exists(self.local_socket)
+        return self.on_master
+
+    def _start_closing(self) -> subprocess.Popen[bytes] | None:
+        """Ask the master to cancel the forwarding (the answer is awaited by ``close_all``), or
+        close the own ssh's stdin, which ends the remote ``cat`` and then ssh."""
+        if self.process is not None and self.process.stdin is not None:
             with contextlib.suppress(OSError):
-                if process.stdin is not None:
-                    process.stdin.close()
+                self.process.stdin.close()
+        argv = self._master_command("cancel") if self.on_master else None
+        self.on_master = False
+        if argv is None:
+            return None
+        try:
+            return subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+        except OSError:
+            return None
+
+    def close(self) -> None:
+        """Cancel the forwarding on the master, or end the own ssh; then remove the local socket."""
+        close_all([self])
+
+
+def close_all(tunnels: Sequence[DockerTunnel], grace: float = 5.0) -> None:
+    """Close every tunnel: all cancellations are asked for first, then awaited, so that a fleet's
+    round trips overlap instead of adding up (``grace`` seconds in all)."""
+    cancels = [tunnel._start_closing() for tunnel in tunnels]
+    deadline = time.monotonic() + grace
+    for tunnel, cancel in zip(tunnels, cancels, strict=True):
+        if cancel is not None:
+            try:
+                cancel.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                cancel.kill()
+                cancel.wait()
+        process, tunnel.process = tunnel.process, None
+        if process is not None:
             end_process_group(process)
-        shutil.rmtree(self.directory, ignore_errors=True)
+        shutil.rmtree(tunnel.directory, ignore_errors=True)
 
 
 def remove_stale_tunnels(directory: str, settle_s: float = 60.0) -> list[str]:
@@ -218,12 +314,6 @@ def _socket_dir() -> str:
 def open_remote_client(host: Host, timeout: float) -> tuple[Any, DockerTunnel, str]:
     """A Docker client for ``host``'s daemon through a new tunnel, the tunnel, and the socket path
     on the host. Raises TunnelError with the diagnosis."""
-    import docker
-
-    from pytest_gpuhost.docker.client import PROBE_API_VERSION
-    from pytest_gpuhost.docker.errors import daemon_faults, is_timeout
-    from pytest_gpuhost.timeouts import NativeCallTimeout, call_with_timeout
-
     base = ssh_base_argv(host)
     if base is None:
         raise TunnelError(
@@ -236,8 +326,18 @@ def open_remote_client(host: Host, timeout: float) -> tuple[Any, DockerTunnel, s
             )
         )
     path = remote_socket_path(host, timeout)
-    tunnel = DockerTunnel(host, base, path)
+    control = master_control_path(host)
+    master = None if control is None else ssh_base_argv(host, ("ControlMaster=no", f"ControlPath={control}"))
+    tunnel = DockerTunnel(host, base, path, master)
     tunnel.open(timeout)
+    # Imported only now: in a fleet's prefetch every host's thread gets here, and the first import
+    # (0.1 s) holds the others, which meanwhile had their round trips to make.
+    import docker
+
+    from pytest_gpuhost.docker.client import PROBE_API_VERSION
+    from pytest_gpuhost.docker.errors import daemon_faults, is_timeout
+    from pytest_gpuhost.timeouts import NativeCallTimeout, call_with_timeout
+
     seconds = int(max(timeout, 1))
     try:
         # As for a local daemon (docker.client.connect): the ping first, from a client with a fixed
