@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from workload_support import load_workload
 
 from pytest_gpuhost.facts.health import EccCounts, HealthFacts
 from pytest_gpuhost.facts.model import GpuInfo, GpuListing, HostFacts, KernelFacts, PciGpu
@@ -183,10 +184,7 @@ def test_clean_run_tests_every_pattern_over_the_asked_memory() -> None:
 
 
 def memory_patterns() -> tuple[str, ...]:
-    spec = importlib.util.spec_from_file_location("memory_workload", SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_workload("memory")
     patterns: tuple[str, ...] = module.PATTERNS
     return patterns
 
@@ -212,10 +210,7 @@ def test_patterns_match_the_reference_formula() -> None:
     """The GPU-side patterns equal ``expected_word`` (the documented definition), word by word."""
     import torch
 
-    spec = importlib.util.spec_from_file_location("memory_workload", SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_workload("memory")
     args = module.parse_args([*SMALL])
     dev = module.Device(torch, "cpu", 0)
     test = module.PatternTest(dev, args)
@@ -240,10 +235,7 @@ def test_every_flip_is_counted_and_located_when_rows_and_slices_do_not_line_up(
     the written words still equal ``expected_word`` and the slow path counts and locates each flip."""
     import torch
 
-    spec = importlib.util.spec_from_file_location("memory_workload", SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_workload("memory")
     monkeypatch.setattr(module, "RANDOM_WORDS", 96)
     slice_words = 4096 + 96
 
@@ -278,10 +270,7 @@ def test_every_flip_is_counted_and_located_when_rows_and_slices_do_not_line_up(
 def test_address_words_wrap_like_int32_inside_a_slice() -> None:
     import torch
 
-    spec = importlib.util.spec_from_file_location("memory_workload", SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_workload("memory")
     out = torch.empty(100, dtype=torch.int32)
     for start in (2**31 - 40, 2**32 - 30, 3 * 2**32 + 7):
         module.write_ramp(torch, out, start)
@@ -420,11 +409,7 @@ def test_allreduce_expected_values_are_exact_in_float32() -> None:
 
 
 def allreduce_script() -> Any:
-    spec = importlib.util.spec_from_file_location("allreduce_workload", ALLREDUCE)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_workload("allreduce")
 
 
 def test_allreduce_floor_from_nvlink_and_pcie() -> None:

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 from pytester_support import GpuhostPytester
+from workload_support import load_workload
 
 from pytest_gpuhost.compute import numerics
 from pytest_gpuhost.fixtures.workloads import MATMUL_DTYPES
@@ -68,16 +69,7 @@ def run_script(*args: str, env: dict[str, str] | None = None) -> Run:
 
 
 def load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gpuhost_matmul_workload", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
-    sys.path.insert(0, str(SCRIPT.parent))  # as when run as a script: its siblings sit beside it
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
-    return module
+    return load_workload("matmul")
 
 
 @pytest.fixture(scope="module")

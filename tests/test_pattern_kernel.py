@@ -9,17 +9,16 @@ import importlib.util
 import math
 import shutil
 import subprocess
-import sys
 import types
 from pathlib import Path
 from typing import Any
 
 import pytest
+from workload_support import load_workload
 
 from pytest_gpuhost.hardware import memory as host_memory
 from pytest_gpuhost.reporting.json_report import parse_metrics
 
-WORKLOADS = Path(__file__).resolve().parent.parent / "pytest_gpuhost" / "workloads"
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="PyTorch (CPU build) is not installed")
 DRIVER_SYMBOLS = (
@@ -33,13 +32,6 @@ DRIVER_SYMBOLS = (
     "cuModuleUnload",
     "cuLaunchKernel",
 )
-
-
-def load_workload(name: str) -> Any:
-    """A workload script as the container imports it: top-level, by its file name."""
-    if str(WORKLOADS) not in sys.path:
-        sys.path.insert(0, str(WORKLOADS))
-    return __import__(name)
 
 
 @pytest.fixture
@@ -57,10 +49,7 @@ def word64(kernels: Any, pattern: str, index: int, seed: int = 0) -> int:
 
 
 def test_the_kernels_run_the_same_six_patterns_as_the_torch_path(kernels: Any) -> None:
-    spec = importlib.util.spec_from_file_location("memory_workload_pk", WORKLOADS / "memory.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_workload("memory")
     assert tuple(kernels.PATTERN_CODES) == module.PATTERNS
     assert sorted(kernels.PATTERN_CODES.values()) == list(range(6))
     assert len(set(kernels.kernel_names())) == 12

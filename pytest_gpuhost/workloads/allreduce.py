@@ -17,13 +17,17 @@ Exit status: 0 ok, 1 wrong values, 2 usage, 3 no torch, 4 a rank failed or hung.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
 import time
 import traceback
 from typing import Any
+
+try:  # imported as part of the package (the unit tests, the host side)
+    from .report_line import ReportLine
+except ImportError:  # run as a script in the container: its siblings sit beside it on sys.path
+    from report_line import ReportLine  # type: ignore[no-redef, import-not-found, unused-ignore]
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_NO_FRAMEWORK, EXIT_DEVICE = 0, 1, 2, 3, 4
 FAULT_SWITCH = "GPUHOST_ALLOW_FAULT_INJECTION"
@@ -205,11 +209,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    started = time.perf_counter()
-    json_out = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    report: dict[str, Any] = {"workload": "allreduce", "version": 1, "framework": None}
+    line = ReportLine("allreduce")
+    report = line.report
     try:
         args = parse_args(argv)
         report.update(ranks_asked=args.ranks, backend=args.backend, iters=args.iters)
@@ -220,12 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         report.update(error=str(exc.code), kind="usage")
         code = EXIT_USAGE
     except BaseException as exc:
-        traceback.print_exc()
-        report.update(error=f"{type(exc).__name__}: {exc}", kind="internal-error")
+        line.crashed(exc)
         code = EXIT_DEVICE
-    report["wall_seconds"] = round(time.perf_counter() - started, 3)
-    json_out.write(json.dumps(report) + "\n")
-    json_out.close()
+    line.send()
     return code
 
 

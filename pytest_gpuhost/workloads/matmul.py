@@ -20,16 +20,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
-import time
-import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .matmul_frameworks import Framework
+
+try:  # imported as part of the package (the unit tests, the host side)
+    from .report_line import ReportLine
+except ImportError:  # run as a script in the container: its siblings sit beside it on sys.path
+    from report_line import ReportLine  # type: ignore[no-redef, import-not-found, unused-ignore]
 
 try:  # imported as part of the package (the unit tests, the host side)
     from .matmul_frameworks import (
@@ -267,12 +269,8 @@ def run(args: argparse.Namespace, report: dict[str, Any]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    started = time.perf_counter()
-    # Everything but the final JSON goes to stderr, including C libraries writing to fd 1.
-    json_out = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    report: dict[str, Any] = {"workload": "matmul", "version": 1, "framework": None, "device": None}
+    line = ReportLine("matmul", device=None)  # from here on, everything else goes to stderr
+    report = line.report
     code = EXIT_BUG
     try:
         args = parse_args(argv)
@@ -298,16 +296,13 @@ def main(argv: list[str] | None = None) -> int:
         report.update(error="invalid command line (see stderr)", kind="usage")
         code = EXIT_USAGE if exc.code else EXIT_OK
         if not exc.code:  # --help
-            json_out.close()
+            line.discard()
             return EXIT_OK
     except BaseException as exc:
-        traceback.print_exc()
-        report.update(error=f"{type(exc).__name__}: {exc}", kind="internal-error")
+        line.crashed(exc)
     if "results" in report and code in (EXIT_OK, EXIT_MISMATCH):
         report["passed"] = code == EXIT_OK
-    report["wall_seconds"] = round(time.perf_counter() - started, 3)
-    json_out.write(json.dumps(report) + "\n")
-    json_out.close()
+    line.send()
     return code
 
 

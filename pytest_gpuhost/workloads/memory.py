@@ -28,13 +28,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
+
+try:  # imported as part of the package (the unit tests, the host side)
+    from .report_line import ReportLine
+except ImportError:  # run as a script in the container: its siblings sit beside it on sys.path
+    from report_line import ReportLine  # type: ignore[no-redef, import-not-found, unused-ignore]
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_NO_FRAMEWORK, EXIT_DEVICE, EXIT_BUG = 0, 1, 2, 3, 4, 5
 FAULT_SWITCH = "GPUHOST_ALLOW_FAULT_INJECTION"
@@ -499,11 +502,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    started = time.perf_counter()
-    json_out = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    report: dict[str, Any] = {"workload": "memory", "version": 1, "framework": None, "device": None}
+    line = ReportLine("memory", device=None)
+    report = line.report
     code = EXIT_BUG
     try:
         args = parse_args(argv)
@@ -527,11 +527,8 @@ def main(argv: list[str] | None = None) -> int:
         report.update(error="invalid command line (see stderr)", kind="usage")
         code = EXIT_USAGE if exc.code else EXIT_OK
     except BaseException as exc:
-        traceback.print_exc()
-        report.update(error=f"{type(exc).__name__}: {exc}", kind="internal-error")
-    report["wall_seconds"] = round(time.perf_counter() - started, 3)
-    json_out.write(json.dumps(report) + "\n")
-    json_out.close()
+        line.crashed(exc)
+    line.send()
     return code
 
 

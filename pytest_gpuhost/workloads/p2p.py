@@ -15,12 +15,14 @@ Exit status: 0 ok, 1 a pair without peer access or with changed data, 2 usage, 3
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
-import traceback
 from typing import Any
+
+try:  # imported as part of the package (the unit tests, the host side)
+    from .report_line import ReportLine
+except ImportError:  # run as a script in the container: its siblings sit beside it on sys.path
+    from report_line import ReportLine  # type: ignore[no-redef, import-not-found, unused-ignore]
 
 
 def timed(sync: Any, call: Any, iters: int) -> float:
@@ -78,10 +80,8 @@ def measure_pair(torch: Any, a: int, b: int, nbytes: int, iters: int, on_gpu: bo
 
 
 def main(argv: list[str] | None = None) -> int:
-    json_out = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    report: dict[str, Any] = {"workload": "p2p", "version": 1, "framework": None, "pairs": []}
+    line = ReportLine("p2p", pairs=[])
+    report = line.report
     code = 0
     try:
         parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
@@ -114,11 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         report.update(error=f"torch: {exc}", kind="no-framework")
         code = 3
     except Exception as exc:
-        traceback.print_exc()
-        report.update(error=f"{type(exc).__name__}: {exc}", kind="cuda-error")
+        line.crashed(exc, kind="cuda-error")
         code = 4
-    json_out.write(json.dumps(report) + "\n")
-    json_out.close()
+    line.send()
     return code
 
 
