@@ -28,7 +28,6 @@ from pytest_gpuhost.facts.maintenance import ModuleFacts, RebootFacts, read_modu
 from pytest_gpuhost.facts.model import HostFacts
 from pytest_gpuhost.facts.toolkit import ToolkitFacts
 from pytest_gpuhost.hosts import prefetch
-from pytest_gpuhost.hosts.host import Host
 from pytest_gpuhost.settings import Settings
 
 pytestmark = pytest.mark.gpuhost_quick
@@ -54,27 +53,12 @@ def table_or_skip(advisories: AdvisoryTable | AdvisoryTableError) -> AdvisoryTab
     return advisories
 
 
-@pytest.fixture(scope="session")
-def gpuhost_reboot(pytestconfig: pytest.Config, gpuhost_host: Host) -> RebootFacts:
-    return prefetch.value(
-        pytestconfig, "gpuhost_reboot", gpuhost_host.name, lambda: read_reboot(gpuhost_host)
-    )
-
-
-@pytest.fixture(scope="session")
-def gpuhost_driver_modules(
-    pytestconfig: pytest.Config, gpuhost_host: Host, gpuhost_settings: Settings
-) -> ModuleFacts:
-    return prefetch.value(
-        pytestconfig,
-        "gpuhost_driver_modules",
-        gpuhost_host.name,
-        lambda: read_modules(gpuhost_host, gpuhost_settings.timeout),
-    )
-
-
-prefetch.register_reader("gpuhost_reboot", lambda host, timeout: read_reboot(host))  # all hosts at once
-prefetch.register_reader("gpuhost_driver_modules", read_modules)
+gpuhost_reboot = prefetch.reader_fixture(
+    "gpuhost_reboot", lambda host, timeout: read_reboot(host), "Whether the host asks for a reboot."
+)
+gpuhost_driver_modules = prefetch.reader_fixture(
+    "gpuhost_driver_modules", read_modules, "The nvidia kernel modules installed and loaded."
+)
 
 
 def test_advisory_table_current(

@@ -21,6 +21,7 @@ import pytest
 from captures_support import FAKES
 from docker_support import busybox_image, docker_client_or_skip
 from pytester_support import GpuhostPytester
+from sshd_support import SshLab, sshd_or_skip
 from toolkit_daemon import ToolkitDaemon, connect_toolkit_daemon
 
 
@@ -75,6 +76,18 @@ def fake_nvml() -> Any:
 
 
 # -- the daemons ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshLab]:
+    """Loopback OpenSSH servers for the fleet tests (``lab.start(NAME)``), stopped afterwards;
+    skips where this machine has no sshd."""
+    sshd_or_skip()
+    lab = SshLab(tmp_path_factory.mktemp("sshlab"))
+    try:
+        yield lab
+    finally:
+        lab.stop()
 
 
 @pytest.fixture(scope="module")

@@ -15,14 +15,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from docker_support import busybox_image, docker_client_or_skip
 from faultproxy import Rule, fault_proxy
 from pytester_support import GpuhostPytester
-from sshd_support import SshLab, sshd_or_skip
+from sshd_support import SshLab
 
 from pytest_gpuhost.facts.system import SYS_MODULE_SCRIPT, SYS_MODULES, loaded_modules
 from pytest_gpuhost.hosts.host import CommandResult
@@ -39,16 +38,6 @@ from pytest_gpuhost.reporting.terminal import render_fleet_table
 
 FLEET_CHECKS = "test_fleet or test_step_1_1_hardware or test_step_2_1_driver or test_daemon_json_parses"
 NO_GPU = "no NVIDIA GPU"
-
-
-@pytest.fixture
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshLab]:
-    sshd_or_skip()
-    lab = SshLab(tmp_path_factory.mktemp("sshlab"))
-    try:
-        yield lab
-    finally:
-        lab.stop()
 
 
 def run_fleet(gp: GpuhostPytester, *args: str) -> pytest.RunResult:

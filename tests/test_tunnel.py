@@ -8,27 +8,16 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from docker_support import docker_client_or_skip
 from pytester_support import GpuhostPytester
-from sshd_support import SshLab, sshd_or_skip
+from sshd_support import SshLab
 
 from pytest_gpuhost.hosts.host import LocalHost
 from pytest_gpuhost.hosts.remote import TestinfraHost
 from pytest_gpuhost.hosts.tunnel import DockerTunnel, master_control_path
-
-
-@pytest.fixture
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshLab]:
-    sshd_or_skip()
-    lab = SshLab(tmp_path_factory.mktemp("sshlab"))
-    try:
-        yield lab
-    finally:
-        lab.stop()
 
 
 def ping(url: str) -> bool:

@@ -26,6 +26,7 @@ import pytest
 
 if TYPE_CHECKING:
     from pytest_gpuhost.hosts.host import Host
+    from pytest_gpuhost.settings import Settings
 
 T = TypeVar("T")
 # fixture name -> how to compute its value for (config, host name); the order is the order of work.
@@ -51,6 +52,21 @@ def register_reader(fixture: str, read: Callable[[Host, float], Any]) -> None:
         return read(session.host_named(name), session.settings.timeout)
 
     register(fixture, compute)
+
+
+def reader_fixture(name: str, read: Callable[[Host, float], Any], doc: str) -> Any:
+    """The session fixture ``name``: ``read(host, timeout)`` of the checked host, once per host
+    and prefetched for every host of a fleet. Assign it to a module attribute of that name."""
+    register_reader(name, read)
+
+    def fixture(pytestconfig: pytest.Config, gpuhost_host: Host, gpuhost_settings: Settings) -> Any:
+        return value(
+            pytestconfig, name, gpuhost_host.name, lambda: read(gpuhost_host, gpuhost_settings.timeout)
+        )
+
+    fixture.__doc__ = doc
+    fixture.__name__ = fixture.__qualname__ = name
+    return pytest.fixture(scope="session", name=name)(fixture)
 
 
 def value(config: pytest.Config, fixture: str, host: str, compute: Callable[[], T]) -> T:

@@ -52,14 +52,3 @@ def inside_container_problem(text: str) -> Diagnosis | None:
             "check that the hook or CDI spec injects /dev/nvidia*; regenerate the CDI spec",
         )
     return diagnose_version_mismatch(text)
-
-
-def shared_failure(result: CommandResult, slow_cause: str, slow_fix: str) -> tuple[str, Diagnosis | None]:
-    """A runtime's output in lower case, and what every runtime's failure may be: a command that
-    did not finish (``slow_cause``, ``slow_fix``) or an error printed inside the container."""
-    text = result.stdout + "\n" + result.stderr
-    if result.timed_out:
-        return text.lower(), Diagnosis(
-            f"`{' '.join(result.argv)}` did not finish in time", slow_cause, slow_fix
-        )
-    return text.lower(), inside_container_problem(text)

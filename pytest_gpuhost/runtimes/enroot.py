@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from pytest_gpuhost.diagnosis import Diagnosis
 from pytest_gpuhost.hosts.host import CommandResult, Host
-from pytest_gpuhost.runtimes.common import RuntimeRun, output_tail, shared_failure
+from pytest_gpuhost.runtimes.common import RuntimeRun, inside_container_problem, output_tail
 
 
 @dataclass(frozen=True)
@@ -45,14 +45,18 @@ class EnrootPlan:
 
 def diagnose_enroot(step: str, result: CommandResult, image: str) -> Diagnosis:
     """What a failed ``enroot <step>`` means, from enroot's words."""
-    lowered, shared = shared_failure(
-        result,
-        "a large image on a slow disk, or a hung daemon or driver",
-        "run the command by hand; `sudo dmesg | grep -i Xid` for a hung GPU",
-    )
-    if shared is not None:
-        return shared
+    text = result.stdout + "\n" + result.stderr
+    lowered = text.lower()
     command = " ".join(result.argv)
+    if result.timed_out:
+        return Diagnosis(
+            f"`{command}` did not finish in time",
+            "a large image on a slow disk, or a hung daemon or driver",
+            "run the command by hand; `sudo dmesg | grep -i Xid` for a hung GPU",
+        )
+    inside = inside_container_problem(text)
+    if inside is not None:
+        return inside
     if step == "import":
         if "permission denied" in lowered and "docker" in lowered:
             return Diagnosis(

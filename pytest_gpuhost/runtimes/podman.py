@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 from pytest_gpuhost.diagnosis import Diagnosis
 from pytest_gpuhost.hosts.host import CommandResult, Host
-from pytest_gpuhost.runtimes.common import RuntimeRun, output_tail, shared_failure
+from pytest_gpuhost.runtimes.common import RuntimeRun, inside_container_problem, output_tail
 
 
 def podman_run_argv(
@@ -51,14 +51,18 @@ def podman_remove_argv(name: str) -> list[str]:
 
 def diagnose_podman(result: CommandResult, image: str) -> Diagnosis:
     """What a failed ``podman run`` with CDI devices means, from Podman's words."""
-    lowered, shared = shared_failure(
-        result,
-        "a pull from an unreachable registry, or a hung driver",
-        "run the command by hand; `--pull=never` with the image loaded into Podman's storage",
-    )
-    if shared is not None:
-        return shared
+    text = result.stdout + "\n" + result.stderr
+    lowered = text.lower()
     command = " ".join(result.argv)
+    if result.timed_out:
+        return Diagnosis(
+            f"`{command}` did not finish in time",
+            "a pull from an unreachable registry, or a hung driver",
+            "run the command by hand; `--pull=never` with the image loaded into Podman's storage",
+        )
+    inside = inside_container_problem(text)
+    if inside is not None:
+        return inside
     if "unresolvable cdi devices" in lowered:
         return Diagnosis(
             f"Podman cannot resolve the CDI devices: {output_tail(result)}",
