@@ -54,6 +54,7 @@ class SshLab:
     user: str = field(default_factory=getpass.getuser)
     servers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
+    client_options: dict[str, str] = field(default_factory=dict)  # more ssh_config lines per host
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -113,6 +114,7 @@ class SshLab:
             ]
             if identity:
                 lines.append(f"  IdentityFile {self.client_key}")
+            lines += [f"  {key} {value}" for key, value in self.client_options.items()]
             blocks.append("\n".join(lines))
         path = self.root / ("ssh_config" if identity else "ssh_config.nokey")
         path.write_text("\n\n".join(blocks) + "\n")
