@@ -25,6 +25,7 @@ from pytest_gpuhost.diagnosis import Diagnosis
 from pytest_gpuhost.facts.gather import gather_host_facts
 from pytest_gpuhost.facts.model import GpuInfo, HostFacts
 from pytest_gpuhost.facts.selection import select_gpus
+from pytest_gpuhost.hosts import remote
 from pytest_gpuhost.hosts.host import Host, LocalHost
 from pytest_gpuhost.hosts.remote import (
     CHECK_REACHABLE,
@@ -78,6 +79,7 @@ class GpuhostSession:
         self.config = config
         self.settings = settings
         self.hosts: list[Host] = as_hosts(host)
+        remote.allow_background_commands()
         self.host: Host = self.hosts[0]
         # Ids name hosts and a reachability check runs once any host is remote or several are checked.
         self.fleet = len(self.hosts) > 1 or any(is_remote(h) for h in self.hosts)
@@ -199,8 +201,14 @@ class GpuhostSession:
         """Every host's facts, gathered in parallel: a fleet's collection waits for the slowest only."""
         missing = [h.name for h in self.hosts if h.name not in self._facts_by_host]
         if len(missing) > 1:
-            with ThreadPoolExecutor(max_workers=min(64, len(missing))) as pool:
+            pool = ThreadPoolExecutor(max_workers=min(64, len(missing)), thread_name_prefix="gpuhost-facts")
+            try:
                 list(pool.map(self.facts_for, missing))
+            except BaseException:  # Ctrl-C: waiting for the hosts still answering would not end
+                remote.stop_background_commands(self.hosts)
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            pool.shutdown()
         elif missing:
             self.facts_for(missing[0])
 
@@ -436,6 +444,11 @@ class GpuhostSession:
         if self.precondition_skips and not session.testsfailed:
             session.testsfailed = 1  # pytest then ends with TESTS_FAILED
         return result
+
+    def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+        """Ctrl-C (or SIGTERM) wins over the hosts' background threads: no command of theirs may
+        keep pytest from exiting (``hosts.remote.stop_background_commands``)."""
+        remote.stop_background_commands(self.hosts)
 
     def record_suite_property(self, host: str, name: str, value: object) -> None:
         """A JUnit testsuite property of ``host``; with several hosts its name ends in ``[host]``.

@@ -8,6 +8,7 @@ best that can be done in-process, and it keeps the test run moving with a clear 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -23,8 +24,11 @@ class NativeCallTimeout(TimeoutError):
         self.seconds = seconds
 
 
-def call_with_timeout(fn: Callable[[], T], seconds: float, what: str) -> T:
-    """Run ``fn()`` and return its result, or raise NativeCallTimeout after ``seconds``.
+def call_with_timeout(
+    fn: Callable[[], T], seconds: float, what: str, stop: threading.Event | None = None
+) -> T:
+    """Run ``fn()`` and return its result, or raise NativeCallTimeout after ``seconds`` (or as
+    soon as ``stop`` is set: a background thread cannot be interrupted by Ctrl-C).
 
     Exceptions raised by ``fn`` are re-raised in the caller's thread unchanged.
     """
@@ -38,7 +42,12 @@ def call_with_timeout(fn: Callable[[], T], seconds: float, what: str) -> T:
 
     worker = threading.Thread(target=target, name=f"gpuhost:{what}", daemon=True)
     worker.start()
-    worker.join(seconds)
+    if stop is None:
+        worker.join(seconds)
+    else:
+        deadline = time.monotonic() + seconds
+        while worker.is_alive() and not stop.is_set() and (left := deadline - time.monotonic()) > 0:
+            worker.join(min(left, 0.1))
     if worker.is_alive():
         raise NativeCallTimeout(what, seconds)
     if "error" in outcome:

@@ -13,6 +13,7 @@ import hashlib
 import os
 import shlex
 import tempfile
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,8 @@ CONNECT_GRACE = 20.0
 TIMED_OUT, NOT_EXECUTABLE, NOT_FOUND = 124, 126, 127
 SSH_FAILED = 255  # ssh's own exit status for a failed connection
 SSH_CONNECTIONS = ("ssh", "safe-ssh")
+# Set by Ctrl-C (``stop_background_commands``): the hosts' background threads get no more answers.
+_interrupted = threading.Event()
 # testinfra's options, as its plugin names them (``config.option.<dest>``).
 TESTINFRA_OPTIONS = (
     "connection",
@@ -68,13 +71,19 @@ class TestinfraHost:
 
     def run(self, argv: Sequence[str], timeout: float = DEFAULT_COMMAND_TIMEOUT) -> CommandResult:
         args = tuple(argv)
+        background = threading.current_thread() is not threading.main_thread()
+        if background and _interrupted.is_set():
+            return CommandResult(args, None, "", "the run was interrupted", unreachable=True)
         seconds = max(1, int(timeout + 0.999))
         command = f"timeout -k 5 {seconds} {shlex.join(args)}"
         try:
             out = self._run_in_shell(command, timeout + CONNECT_GRACE)
             if out is None:
                 out = call_with_timeout(
-                    lambda: self.testinfra.run(command), timeout + CONNECT_GRACE, f"{self.name}: {args[0]}"
+                    lambda: self.testinfra.run(command),
+                    timeout + CONNECT_GRACE,
+                    f"{self.name}: {args[0]}",
+                    stop=_interrupted if background else None,
                 )
                 self.connected = True
         except (NativeCallTimeout, remote_shell.Deadline):
@@ -142,6 +151,23 @@ def host_specs(config: pytest.Config) -> list[str]:
     """The ``--hosts`` list of testinfra, or empty when it is not given (or testinfra not loaded)."""
     hosts = _option(config, "hosts")
     return [spec.strip() for spec in str(hosts).split(",") if spec.strip()] if hosts else []
+
+
+def allow_background_commands() -> None:
+    """A new run (pytester runs several in one process): background threads may ask again."""
+    _interrupted.clear()
+
+
+def stop_background_commands(hosts: Sequence[Host]) -> None:
+    """Ctrl-C: the threads that gather the hosts' facts (or prefetch them) get no more answers, and
+    the remote shells end, so that the commands in flight end too. pytest then exits at once
+    instead of waiting for them at interpreter exit; the main thread's cleanup still runs its
+    commands (through testinfra)."""
+    _interrupted.set()
+    for host in hosts:
+        shell = getattr(host, "shell", None)
+        if isinstance(shell, RemoteShell):
+            shell.close(grace=0.0)
 
 
 def control_dir() -> str:
