@@ -57,6 +57,19 @@ def make_host(lab: SshLab) -> tuple[TestinfraHost, Counting]:
     return host, counting
 
 
+@pytest.fixture
+def proven(lab: SshLab) -> Iterator[tuple[TestinfraHost, Counting]]:
+    """A host whose connection one command through testinfra proved: its next ones go through
+    the shell."""
+    host, counting = make_host(lab)
+    try:
+        assert host.run(["true"]).ok  # testinfra's own path: proves the connection
+        assert len(counting.commands) == 1
+        yield host, counting
+    finally:
+        host.close()
+
+
 COMMANDS = [
     ["printf", "a\\nb\\n"],
     ["sh", "-c", "echo out; echo err >&2; exit 3"],
@@ -70,75 +83,62 @@ COMMANDS = [
 ]
 
 
-def test_after_the_first_command_one_shell_gives_testinfras_answers(lab: SshLab) -> None:
-    host, counting = make_host(lab)
-    try:
-        assert host.run(["true"]).ok  # testinfra's own path: proves the connection
-        assert len(counting.commands) == 1
-        through_shell = [host.run(argv) for argv in COMMANDS]
-        assert len(counting.commands) == 1, "a command went through testinfra, not the shell"
-        assert host.shell is not None and host.shell.process is not None
-        host.shell.close()  # from now on testinfra runs everything: the reference answers
-        through_testinfra = [host.run(argv) for argv in COMMANDS]
-        assert len(counting.commands) == 1 + len(COMMANDS)
-        for argv, mine, theirs in zip(COMMANDS, through_shell, through_testinfra, strict=True):
-            assert (mine.returncode, mine.stdout, mine.stderr, mine.missing, mine.timed_out) == (
-                theirs.returncode,
-                theirs.stdout,
-                theirs.stderr,
-                theirs.missing,
-                theirs.timed_out,
-            ), argv
-        assert through_shell[1].returncode == 3 and through_shell[1].stderr == "err\n"
-        assert through_shell[6].stdout == "x" * 200000
-        assert through_shell[8].missing
-    finally:
-        host.close()
+def test_after_the_first_command_one_shell_gives_testinfras_answers(
+    proven: tuple[TestinfraHost, Counting],
+) -> None:
+    host, counting = proven
+    through_shell = [host.run(argv) for argv in COMMANDS]
+    assert len(counting.commands) == 1, "a command went through testinfra, not the shell"
+    assert host.shell is not None and host.shell.process is not None
+    host.shell.close()  # from now on testinfra runs everything: the reference answers
+    through_testinfra = [host.run(argv) for argv in COMMANDS]
+    assert len(counting.commands) == 1 + len(COMMANDS)
+    for argv, mine, theirs in zip(COMMANDS, through_shell, through_testinfra, strict=True):
+        assert (mine.returncode, mine.stdout, mine.stderr, mine.missing, mine.timed_out) == (
+            theirs.returncode,
+            theirs.stdout,
+            theirs.stderr,
+            theirs.missing,
+            theirs.timed_out,
+        ), argv
+    assert through_shell[1].returncode == 3 and through_shell[1].stderr == "err\n"
+    assert through_shell[6].stdout == "x" * 200000
+    assert through_shell[8].missing
 
 
-def test_a_remote_timeout_is_a_timeout_in_the_shell_too(lab: SshLab) -> None:
-    host, counting = make_host(lab)
-    try:
-        host.run(["true"])
-        result = host.run(["sleep", "5"], timeout=1)
-        assert result.timed_out and not result.ok
-        assert host.run(["echo", "next"]).stdout == "next\n"  # the shell is still in step
-        assert len(counting.commands) == 1
-    finally:
-        host.close()
+def test_a_remote_timeout_is_a_timeout_in_the_shell_too(proven: tuple[TestinfraHost, Counting]) -> None:
+    host, counting = proven
+    result = host.run(["sleep", "5"], timeout=1)
+    assert result.timed_out and not result.ok
+    assert host.run(["echo", "next"]).stdout == "next\n"  # the shell is still in step
+    assert len(counting.commands) == 1
 
 
-def test_a_shell_that_ends_hands_its_commands_back_to_testinfra(lab: SshLab) -> None:
-    host, counting = make_host(lab)
-    try:
-        host.run(["true"])
-        assert host.run(["echo", "one"]).stdout == "one\n"
-        shell = host.shell
-        assert shell is not None and shell.process is not None
-        os.killpg(shell.process.pid, signal.SIGKILL)  # the ssh client dies under it
-        shell.process.wait()
-        assert host.run(["echo", "two"]).stdout == "two\n"  # testinfra ran it
-        assert counting.commands[-1].endswith("echo two")
-        assert shell.dead and shell.process is None
-        assert host.run(["echo", "three"]).stdout == "three\n"
-        assert counting.commands[-1].endswith("echo three")  # the shell stays ended
-    finally:
-        host.close()
+def test_a_shell_that_ends_hands_its_commands_back_to_testinfra(
+    proven: tuple[TestinfraHost, Counting],
+) -> None:
+    host, counting = proven
+    assert host.run(["echo", "one"]).stdout == "one\n"
+    shell = host.shell
+    assert shell is not None and shell.process is not None
+    os.killpg(shell.process.pid, signal.SIGKILL)  # the ssh client dies under it
+    shell.process.wait()
+    assert host.run(["echo", "two"]).stdout == "two\n"  # testinfra ran it
+    assert counting.commands[-1].endswith("echo two")
+    assert shell.dead and shell.process is None
+    assert host.run(["echo", "three"]).stdout == "three\n"
+    assert counting.commands[-1].endswith("echo three")  # the shell stays ended
 
 
-def test_a_command_past_its_local_deadline_ends_the_shell(lab: SshLab) -> None:
-    host, _ = make_host(lab)
-    try:
-        host.run(["true"])
-        shell = host.shell
-        assert shell is not None
-        with pytest.raises(remote_shell.Deadline):
-            shell.run("sleep 5", timeout=0.5)
-        assert shell.dead and shell.process is None
-        with pytest.raises(remote_shell.ShellGone):
-            shell.run("true", timeout=5)
-    finally:
-        host.close()
+def test_a_command_past_its_local_deadline_ends_the_shell(proven: tuple[TestinfraHost, Counting]) -> None:
+    host, _ = proven
+    shell = host.shell
+    assert shell is not None
+    with pytest.raises(remote_shell.Deadline):
+        shell.run("sleep 5", timeout=0.5)
+    assert shell.dead and shell.process is None
+    with pytest.raises(remote_shell.ShellGone):
+        shell.run("true", timeout=5)
 
 
 def test_no_shell_before_a_command_proved_the_connection(lab: SshLab, tmp_path: Path) -> None:

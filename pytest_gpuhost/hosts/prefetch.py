@@ -42,22 +42,17 @@ def register(fixture: str, compute: Callable[[pytest.Config, str], Any]) -> None
     WARMERS.setdefault(fixture, compute)
 
 
-def register_reader(fixture: str, read: Callable[[Host, float], Any]) -> None:
-    """Register a fixture whose value is ``read(host, timeout)`` of the host that is named."""
-
-    def compute(config: pytest.Config, name: str) -> Any:
-        from pytest_gpuhost.stash import SESSION_KEY
-
-        session = config.stash[SESSION_KEY]
-        return read(session.host_named(name), session.settings.timeout)
-
-    register(fixture, compute)
-
-
 def reader_fixture(name: str, read: Callable[[Host, float], Any], doc: str) -> Any:
     """The session fixture ``name``: ``read(host, timeout)`` of the checked host, once per host
     and prefetched for every host of a fleet. Assign it to a module attribute of that name."""
-    register_reader(name, read)
+
+    def prefetched(config: pytest.Config, host: str) -> Any:
+        from pytest_gpuhost.stash import SESSION_KEY
+
+        session = config.stash[SESSION_KEY]
+        return read(session.host_named(host), session.settings.timeout)
+
+    register(name, prefetched)
 
     def fixture(pytestconfig: pytest.Config, gpuhost_host: Host, gpuhost_settings: Settings) -> Any:
         return value(
