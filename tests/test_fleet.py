@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from sshd_support import SshLab
 
 from pytest_gpuhost.facts.system import SYS_MODULE_SCRIPT, SYS_MODULES, loaded_modules
 from pytest_gpuhost.hosts.host import CommandResult
-from pytest_gpuhost.hosts.remote import TestinfraHost, diagnose_connection
+from pytest_gpuhost.hosts.remote import LIST_SCRIPT, TestinfraHost, diagnose_connection
 from pytest_gpuhost.hosts.scheduler import host_in_nodeid
 from pytest_gpuhost.hosts.tunnel import (
     DockerTunnel,
@@ -328,7 +329,7 @@ def test_every_remote_command_is_bounded_by_a_remote_timeout() -> None:
             "cat -- /proc/modules": FakeResult(0, "nvidia 1 0 - Live\n"),
             "cat -- /nope": FakeResult(1, "", "cat: /nope: No such file or directory"),
             "cat -- /secret": FakeResult(1, "", "cat: /secret: Permission denied"),
-            "ls -1A -- /dev": FakeResult(0, "nvidiactl\nnvidia0\n"),
+            shlex.join(["sh", "-c", LIST_SCRIPT, "sh", "/dev"]): FakeResult(0, "nvidiactl\nnvidia0\n"),
             "nvidia-smi -q -x": FakeResult(124),
             "nvidia-bug-report.sh": FakeResult(127, "", "timeout: failed to run command 'x': No such file"),
         }

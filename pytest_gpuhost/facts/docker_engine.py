@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pytest_gpuhost.hosts.batch import Reads, batched, command
 from pytest_gpuhost.hosts.host import Host
 from pytest_gpuhost.timeouts import call_with_timeout
 
@@ -91,9 +92,14 @@ def read_socket(path: str, stat_fn: Callable[[str], os.stat_result] = os.stat) -
     )
 
 
+def socket_stat(path: str) -> tuple[str, ...]:
+    """coreutils ``stat`` of the socket: mode in hex, ids, names."""
+    return ("stat", "-L", "-c", "%f %u %g %U %G", "--", path)
+
+
 def read_socket_on(host: Host, path: str, timeout: float = 10.0) -> SocketInfo:
     """Stat the daemon's socket on a remote host with coreutils ``stat`` (mode in hex, ids, names)."""
-    result = host.run(["stat", "-L", "-c", "%f %u %g %U %G", "--", path], timeout=timeout)
+    result = host.run(socket_stat(path), timeout=timeout)
     fields = result.stdout.split() if result.ok else []
     if len(fields) != 5:
         if "No such file" in result.stderr:
@@ -153,19 +159,22 @@ def _same_socket(a: str, b: str) -> bool:
     return norm(a) == norm(b)
 
 
+# `read`, a builtin, not `$(cat ...)`: one process per process on the host adds up.
+DAEMON_SCAN = (
+    "sh",
+    "-c",
+    'for p in /proc/[0-9]*; do c=; read -r c 2>/dev/null <"$p/comm"; '
+    f'case "$c" in {"|".join(DAEMON_NAMES)}) echo "${{p#/proc/}}";; esac; done',
+)
+
+
 def daemon_pids(host: Host) -> list[str]:
     """Pids whose command name is a Docker daemon's. A remote host answers in one command, not
     one per process."""
     from pytest_gpuhost.hosts.remote import is_remote
 
     if is_remote(host):
-        names = "|".join(DAEMON_NAMES)
-        # `read`, a builtin, not `$(cat ...)`: one process per process on the host adds up.
-        script = (
-            'for p in /proc/[0-9]*; do c=; read -r c 2>/dev/null <"$p/comm"; '
-            f'case "$c" in {names}) echo "${{p#/proc/}}";; esac; done'
-        )
-        result = host.run(["sh", "-c", script], timeout=30)
+        result = host.run(DAEMON_SCAN, timeout=30)
         return result.stdout.split() if result.ok else []
     pids = []
     for entry in host.listdir("/proc"):
@@ -183,14 +192,19 @@ def daemon_pids(host: Host) -> list[str]:
 def list_daemon_processes(host: Host) -> list[DaemonProcess]:
     """Every ``dockerd`` in ``/proc`` that this user may see."""
     found = []
-    for entry in daemon_pids(host):
-        try:
-            raw = host.read_text(f"/proc/{entry}/cmdline") or ""
-        except OSError:
-            continue  # the process ended, or hidepid
-        argv = tuple(arg for arg in raw.split("\0") if arg)
-        executable = host.readlink(f"/proc/{entry}/exe") or (argv[0] if argv else None)
-        found.append(DaemonProcess(int(entry), argv, executable))
+    pids = daemon_pids(host)
+    asked = Reads(
+        files=tuple(f"/proc/{p}/cmdline" for p in pids), links=tuple(f"/proc/{p}/exe" for p in pids)
+    )
+    with batched(host, asked):
+        for entry in pids:
+            try:
+                raw = host.read_text(f"/proc/{entry}/cmdline") or ""
+            except OSError:
+                continue  # the process ended, or hidepid
+            argv = tuple(arg for arg in raw.split("\0") if arg)
+            executable = host.readlink(f"/proc/{entry}/exe") or (argv[0] if argv else None)
+            found.append(DaemonProcess(int(entry), argv, executable))
     return found
 
 
@@ -352,16 +366,18 @@ def gather_engine(
     version = call_with_timeout(client.version, timeout, "docker version")
     info = call_with_timeout(client.info, timeout, "docker info")
     path = socket_path(docker_host)
-    return parse_engine(
-        version,
-        info,
-        docker_host=docker_host,
-        sdk_version=getattr(docker_sdk, "__version__", None),
-        socket=(read_socket_on(host, path, timeout) if is_remote(host) else read_socket(path))
-        if path
-        else None,
-        process=find_daemon_process(host, path),
-    )
+    asked = command(socket_stat(path), timeout) + command(DAEMON_SCAN, 30) if path else Reads()
+    with batched(host, asked):  # a remote host: the socket and the daemon's pid in one round trip
+        return parse_engine(
+            version,
+            info,
+            docker_host=docker_host,
+            sdk_version=getattr(docker_sdk, "__version__", None),
+            socket=(read_socket_on(host, path, timeout) if is_remote(host) else read_socket(path))
+            if path
+            else None,
+            process=find_daemon_process(host, path),
+        )
 
 
 def docker_host_from_env(env: Mapping[str, str] | None = None) -> str | None:

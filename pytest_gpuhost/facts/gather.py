@@ -7,8 +7,9 @@ from types import ModuleType
 
 from pytest_gpuhost.facts.model import GpuListing, HostFacts, KernelFacts, PciGpu, Precondition
 from pytest_gpuhost.facts.nvml import read_nvml
-from pytest_gpuhost.facts.smi import read_smi
-from pytest_gpuhost.facts.system import gather_kernel, scan_pci
+from pytest_gpuhost.facts.smi import SMI_QUERY, read_smi
+from pytest_gpuhost.facts.system import REMOTE_READS, gather_kernel, scan_pci
+from pytest_gpuhost.hosts.batch import batched, command
 from pytest_gpuhost.hosts.host import Host
 
 # Each precondition is owned by the check that reports its failure; the checks that need it are
@@ -69,13 +70,14 @@ def gather_host_facts(
     use_nvml: bool = True,
 ) -> HostFacts:
     """All facts of steps 1.1 and 2.1 for ``host``. NVML is read only where pytest runs."""
-    pci = scan_pci(host)
-    kernel = gather_kernel(host)
-    if use_nvml:
-        nvml = read_nvml(timeout, nvml_loader)
-    else:
-        nvml = GpuListing("nvml", ok=False, error=REMOTE_NVML, error_kind="remote")
-    smi = read_smi(host, timeout)
+    with batched(host, REMOTE_READS + command(SMI_QUERY, timeout)):  # a remote host: one round trip
+        pci = scan_pci(host)
+        kernel = gather_kernel(host)
+        if use_nvml:
+            nvml = read_nvml(timeout, nvml_loader)
+        else:
+            nvml = GpuListing("nvml", ok=False, error=REMOTE_NVML, error_kind="remote")
+        smi = read_smi(host, timeout)
     listing = nvml if nvml.ok or not smi.ok else smi
     preconditions = derive_preconditions(
         pci, kernel, nvml.ok, nvml.error, smi.ok, smi.error, len(listing.gpus)

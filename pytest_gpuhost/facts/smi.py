@@ -92,9 +92,12 @@ def classify_smi_failure(message: str) -> str:
     return "error"
 
 
+SMI_QUERY = ("nvidia-smi", "-q", "-x")
+
+
 def read_smi(host: Host, timeout: float) -> GpuListing:
     """Run ``nvidia-smi -q -x`` on ``host`` and parse it; failures become a listing with an error."""
-    result = host.run(["nvidia-smi", "-q", "-x"], timeout=timeout)
+    result = host.run(SMI_QUERY, timeout=timeout)
     if result.missing:
         return GpuListing("nvidia-smi", ok=False, error=result.describe(), error_kind="missing")
     if result.timed_out:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from pytest_gpuhost.facts.model import KernelFacts, PciGpu
+from pytest_gpuhost.hosts.batch import Reads, batched
 from pytest_gpuhost.hosts.host import Host
 
 NVIDIA_VENDOR = "0x10de"
@@ -14,6 +15,15 @@ PCI_DEVICES = "/sys/bus/pci/devices"
 GPU_CLASSES = ("0x0300", "0x0302")
 DRIVER_VERSION_FILE = "/proc/driver/nvidia/version"
 _MODULE_VERSION = re.compile(r"Kernel Module(?:\s+for\s+\S+)?\s+(\d+\.\d+(?:\.\d+)?)")
+
+
+PCI_SCAN = (
+    "sh",
+    "-c",
+    f'for d in {PCI_DEVICES}/*; do [ -r "$d/vendor" ] || continue; '
+    'v=; c=; read -r v <"$d/vendor"; read -r c 2>/dev/null <"$d/class"; '  # builtins: no process each
+    'printf "%s %s %s\\n" "${d##*/}" "$v" "$c"; done',
+)
 
 
 def pci_devices(host: Host) -> list[tuple[str, str, str]]:
@@ -28,12 +38,7 @@ def pci_devices(host: Host) -> list[tuple[str, str, str]]:
             vendor = (host.read_text(f"{base}/vendor") or "").strip().lower()
             rows.append((address, vendor, (host.read_text(f"{base}/class") or "").strip().lower()))
         return rows
-    script = (
-        f'for d in {PCI_DEVICES}/*; do [ -r "$d/vendor" ] || continue; '
-        'v=; c=; read -r v <"$d/vendor"; read -r c 2>/dev/null <"$d/class"; '  # builtins: no process each
-        'printf "%s %s %s\\n" "${d##*/}" "$v" "$c"; done'
-    )
-    result = host.run(["sh", "-c", script], timeout=60)
+    result = host.run(PCI_SCAN, timeout=60)
     lines = (line.split() for line in result.stdout.splitlines()) if result.ok else iter(())
     return sorted((fields[0], fields[1].lower(), fields[2].lower()) for fields in lines if len(fields) == 3)
 
@@ -41,19 +46,25 @@ def pci_devices(host: Host) -> list[tuple[str, str, str]]:
 def scan_pci(host: Host) -> tuple[PciGpu, ...]:
     """NVIDIA GPUs on the PCI bus, whether or not a driver has claimed them."""
     found = []
-    for address, vendor, class_code in pci_devices(host):
-        base = f"{PCI_DEVICES}/{address}"
-        if vendor != NVIDIA_VENDOR or not class_code.startswith(GPU_CLASSES):
-            continue
-        driver_link = host.readlink(f"{base}/driver")
-        found.append(
-            PciGpu(
-                address=address.lower(),
-                device_id=(host.read_text(f"{base}/device") or "").strip().lower(),
-                class_code=class_code,
-                driver=driver_link.rsplit("/", 1)[-1] if driver_link else None,
+    gpus = [
+        (f"{PCI_DEVICES}/{address}", address, class_code)
+        for address, vendor, class_code in pci_devices(host)
+        if vendor == NVIDIA_VENDOR and class_code.startswith(GPU_CLASSES)
+    ]
+    asked = Reads(
+        links=tuple(f"{b}/driver" for b, _, _ in gpus), files=tuple(f"{b}/device" for b, _, _ in gpus)
+    )
+    with batched(host, asked):  # two reads per GPU in one round trip
+        for base, address, class_code in gpus:
+            driver_link = host.readlink(f"{base}/driver")
+            found.append(
+                PciGpu(
+                    address=address.lower(),
+                    device_id=(host.read_text(f"{base}/device") or "").strip().lower(),
+                    class_code=class_code,
+                    driver=driver_link.rsplit("/", 1)[-1] if driver_link else None,
+                )
             )
-        )
     return tuple(found)
 
 
@@ -72,7 +83,7 @@ def loaded_modules(host: Host) -> frozenset[str]:
     from pytest_gpuhost.hosts.remote import is_remote
 
     if is_remote(host):  # one command, not two per module
-        result = host.run(["sh", "-c", SYS_MODULE_SCRIPT, "sh", *SYS_MODULES], timeout=30)
+        result = host.run(SYS_MODULE_PROBE, timeout=30)
         if result.ok:
             names.update(n for n in result.stdout.split() if n in SYS_MODULES)
         return frozenset(names)
@@ -89,6 +100,15 @@ SYS_MODULES = ("nvidia", "nvidia_uvm", "nvidia_drm", "nvidia_modeset", "nouveau"
 SYS_MODULE_SCRIPT = (
     'for m; do for f in initstate version; do p="/sys/module/$m/$f"; '
     'if test -e "$p" || test -L "$p"; then echo "$m"; break; fi; done; done'
+)
+
+
+SYS_MODULE_PROBE = ("sh", "-c", SYS_MODULE_SCRIPT, "sh", *SYS_MODULES)
+# What scan_pci and gather_kernel ask a remote host first, for one batch (hosts/batch.py).
+REMOTE_READS = Reads(
+    files=(DRIVER_VERSION_FILE, "/proc/modules"),
+    dirs=("/dev", "/proc/driver/nvidia/gpus"),
+    commands=((PCI_SCAN, 60), (SYS_MODULE_PROBE, 30)),
 )
 
 

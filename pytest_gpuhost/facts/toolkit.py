@@ -17,6 +17,7 @@ from typing import Any
 
 from pytest_gpuhost.facts.docker_engine import EngineFacts
 from pytest_gpuhost.facts.model import GpuInfo
+from pytest_gpuhost.hosts.batch import Reads, batched
 from pytest_gpuhost.hosts.host import Host
 from pytest_gpuhost.versions import version_tuple
 
@@ -258,47 +259,48 @@ def read_cdi_specs(host: Host, dirs: Iterable[str] = CDI_DIRS) -> CdiFacts:
     errors: list[tuple[str, str]] = []
     yaml_missing = False
     for directory in dirs:
-        for name in host.listdir(directory):
-            if not name.endswith((".yaml", ".yml", ".json")):
-                continue
-            path = f"{directory.rstrip('/')}/{name}"
-            try:
-                text = host.read_text(path)
-            except (PermissionError, IsADirectoryError) as exc:
-                errors.append((path, f"not readable: {exc}"))
-                continue
-            if text is None:
-                continue
-            try:
-                if name.endswith(".json"):
-                    data = json.loads(text)
-                else:
-                    try:
-                        yaml = load_yaml_module()
-                    except ImportError:
-                        yaml_missing = True
-                        errors.append((path, "PyYAML is not installed, so YAML specs cannot be read"))
-                        continue
-                    data = yaml.safe_load(text)
-            except Exception as exc:  # json.JSONDecodeError, yaml.YAMLError: a broken file
-                errors.append((path, f"does not parse: {' '.join(str(exc).split())}"))
-                continue
-            parsed = parse_cdi_spec(path, data)
-            if isinstance(parsed, str):
-                errors.append((path, parsed))
-                continue
-            missing = tuple(p for p in parsed.host_paths if not host.exists(p))
-            specs.append(
-                CdiSpec(
-                    parsed.path,
-                    parsed.cdi_version,
-                    parsed.kind,
-                    parsed.device_names,
-                    parsed.host_paths,
-                    parsed.driver_versions,
-                    missing,
+        names = [n for n in host.listdir(directory) if n.endswith((".yaml", ".yml", ".json"))]
+        with batched(host, Reads(files=tuple(f"{directory.rstrip('/')}/{n}" for n in names))):
+            for name in names:
+                path = f"{directory.rstrip('/')}/{name}"
+                try:
+                    text = host.read_text(path)
+                except (PermissionError, IsADirectoryError) as exc:
+                    errors.append((path, f"not readable: {exc}"))
+                    continue
+                if text is None:
+                    continue
+                try:
+                    if name.endswith(".json"):
+                        data = json.loads(text)
+                    else:
+                        try:
+                            yaml = load_yaml_module()
+                        except ImportError:
+                            yaml_missing = True
+                            errors.append((path, "PyYAML is not installed, so YAML specs cannot be read"))
+                            continue
+                        data = yaml.safe_load(text)
+                except Exception as exc:  # json.JSONDecodeError, yaml.YAMLError: a broken file
+                    errors.append((path, f"does not parse: {' '.join(str(exc).split())}"))
+                    continue
+                parsed = parse_cdi_spec(path, data)
+                if isinstance(parsed, str):
+                    errors.append((path, parsed))
+                    continue
+                with batched(host, Reads(paths=parsed.host_paths)):  # a spec names dozens of paths
+                    missing = tuple(p for p in parsed.host_paths if not host.exists(p))
+                specs.append(
+                    CdiSpec(
+                        parsed.path,
+                        parsed.cdi_version,
+                        parsed.kind,
+                        parsed.device_names,
+                        parsed.host_paths,
+                        parsed.driver_versions,
+                        missing,
+                    )
                 )
-            )
     return CdiFacts(tuple(specs), tuple(errors), yaml_missing)
 
 
@@ -356,12 +358,18 @@ class ToolkitFacts:
         return values
 
 
+def daemon_environ_files(engine: EngineFacts | None) -> tuple[str, ...]:
+    """Where dockerd's environment is, if its process is known."""
+    return () if engine is None or engine.process is None else (f"/proc/{engine.process.pid}/environ",)
+
+
 def daemon_environment(host: Host, engine: EngineFacts | None) -> dict[str, str]:
     """dockerd's environment (root only): the runtime it starts inherits it, config path included."""
-    if engine is None or engine.process is None:
+    files = daemon_environ_files(engine)
+    if not files:
         return {}
     try:
-        raw = host.read_text(f"/proc/{engine.process.pid}/environ") or ""
+        raw = host.read_text(files[0]) or ""
     except (PermissionError, IsADirectoryError):
         return {}
     pairs = (item.partition("=") for item in raw.split("\0") if "=" in item)
@@ -391,13 +399,22 @@ def cdi_spec_dirs(engine: EngineFacts | None, daemon_config: ConfigFile) -> tupl
 def gather_toolkit(
     host: Host, timeout: float, engine: EngineFacts | None = None, env: Mapping[str, str] | None = None
 ) -> ToolkitFacts:
-    daemon_config = read_json_config(host, daemon_config_path(engine, env))
-    return ToolkitFacts(
-        tools={name: probe_tool(host, name, timeout) for name in TOOLS},
-        daemon_config=daemon_config,
-        runtime_config=read_runtime_config(host, runtime_config_path(host, engine)),
-        cdi=read_cdi_specs(host, cdi_spec_dirs(engine, daemon_config)),
+    config_path = daemon_config_path(engine, env)
+    # A remote host answers in one round trip what the steps below ask first; the runtime's
+    # config and the spec directories are the usual ones, which the daemon may change.
+    asked = Reads(
+        files=(config_path, RUNTIME_CONFIG, *(daemon_environ_files(engine))),
+        dirs=engine.cdi_spec_dirs if engine is not None and engine.cdi_spec_dirs else CDI_DIRS,
+        commands=tuple(((name, "--version"), timeout) for name in TOOLS),
     )
+    with batched(host, asked):
+        daemon_config = read_json_config(host, config_path)
+        return ToolkitFacts(
+            tools={name: probe_tool(host, name, timeout) for name in TOOLS},
+            daemon_config=daemon_config,
+            runtime_config=read_runtime_config(host, runtime_config_path(host, engine)),
+            cdi=read_cdi_specs(host, cdi_spec_dirs(engine, daemon_config)),
+        )
 
 
 # -- what the runtime's mode needs ------------------------------------------------------------

@@ -14,12 +14,14 @@ import os
 import shlex
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pytest_gpuhost.diagnosis import Diagnosis
 from pytest_gpuhost.facts.model import GpuListing, HostFacts, KernelFacts, Precondition
 from pytest_gpuhost.hosts import remote_shell
+from pytest_gpuhost.hosts.batch import Reads
 from pytest_gpuhost.hosts.host import DEFAULT_COMMAND_TIMEOUT, CommandResult, Host
 from pytest_gpuhost.hosts.remote_shell import RemoteShell
 from pytest_gpuhost.timeouts import NativeCallTimeout, call_with_timeout
@@ -68,14 +70,19 @@ class TestinfraHost:
             RemoteShell(backend_host.backend) if remote_shell.supports(backend_host.backend) else None
         )
         self.connected = False
+        # thread -> (what was asked, e.g. ("file", path)) -> (batch, answer): see preload
+        self._preloaded: dict[int, dict[tuple[str, str], tuple[int, CommandResult]]] = {}
+        self._batches = 0
 
     def run(self, argv: Sequence[str], timeout: float = DEFAULT_COMMAND_TIMEOUT) -> CommandResult:
         args = tuple(argv)
+        command = self._command(args, timeout)
+        preloaded = self._take(("run", command))
+        if preloaded is not None:
+            return preloaded
         background = threading.current_thread() is not threading.main_thread()
         if background and _interrupted.is_set():
             return CommandResult(args, None, "", "the run was interrupted", unreachable=True)
-        seconds = max(1, int(timeout + 0.999))
-        command = f"timeout -k 5 {seconds} {shlex.join(args)}"
         try:
             out = self._run_in_shell(command, timeout + CONNECT_GRACE)
             if out is None:
@@ -86,16 +93,48 @@ class TestinfraHost:
                     stop=_interrupted if background else None,
                 )
                 self.connected = True
+            rc, stdout, stderr = int(out.rc), _output(out, "stdout"), _output(out, "stderr")
         except (NativeCallTimeout, remote_shell.Deadline):
             return CommandResult(args, None, "", f"no answer from {self.name} in time", timed_out=True)
         except Exception as exc:  # testinfra raises for a connection that fails (ssh exits 255)
             return CommandResult(args, None, "", connection_error_text(exc), unreachable=True)
-        rc, stdout, stderr = int(out.rc), str(out.stdout), str(out.stderr)
-        if rc == TIMED_OUT:
-            return CommandResult(args, None, stdout, stderr, timed_out=True)
-        if rc in (NOT_FOUND, NOT_EXECUTABLE) and "timeout: failed to run command" in stderr:
-            return CommandResult(args, None, stdout, stderr, missing=True)
-        return CommandResult(args, rc, stdout, stderr)
+        return command_result(args, rc, stdout, stderr)
+
+    @staticmethod
+    def _command(args: tuple[str, ...], timeout: float) -> str:
+        """``args`` bounded by coreutils ``timeout`` on the host."""
+        return f"timeout -k 5 {max(1, int(timeout + 0.999))} {shlex.join(args)}"
+
+    # -- batches (hosts/batch.py) -------------------------------------------------------------
+
+    def preload(self, reads: Reads) -> int | None:
+        """Answer ``reads`` in one round trip and keep the answers for this thread; the batch's
+        id for ``drop_preloaded``, or None when this host asks one question at a time."""
+        if self.shell is None or not self.connected or _interrupted.is_set():
+            return None
+        wanted = batch_items(reads, self._command)
+        budget = sum(item.seconds for item in wanted) + CONNECT_GRACE
+        try:
+            answers = self.shell.run_many([item.remote for item in wanted], budget)
+        except (remote_shell.ShellGone, remote_shell.Deadline):
+            return None  # each read asks on its own (through testinfra if the shell ended)
+        kept = self._preloaded.setdefault(threading.get_ident(), {})
+        self._batches += 1
+        for item, (rc, stdout, stderr) in zip(wanted, answers, strict=True):
+            kept[item.key] = (self._batches, command_result(item.argv, rc, _text(stdout), _text(stderr)))
+        return self._batches
+
+    def drop_preloaded(self, batch: int) -> None:
+        """Forget the answers of ``batch`` that were not asked for: later reads ask the host."""
+        kept = self._preloaded.get(threading.get_ident(), {})
+        for key in [key for key, (number, _) in kept.items() if number == batch]:
+            del kept[key]
+
+    def _take(self, key: tuple[str, str]) -> CommandResult | None:
+        """A preloaded answer for this thread, handed out once."""
+        kept = self._preloaded.get(threading.get_ident())
+        found = kept.pop(key, None) if kept else None
+        return found[1] if found is not None else None
 
     def _run_in_shell(self, command: str, deadline: float) -> Any:
         """testinfra's result of ``command`` run by the host's shell; None: let testinfra run it."""
@@ -115,7 +154,7 @@ class TestinfraHost:
             self.shell.close()
 
     def read_text(self, path: str) -> str | None:
-        result = self.run(["cat", "--", path])
+        result = self._take(("file", path)) or self.run(["cat", "--", path])
         if result.ok:
             return result.stdout
         if "Permission denied" in result.stderr:
@@ -123,15 +162,86 @@ class TestinfraHost:
         return None
 
     def listdir(self, path: str) -> list[str]:
-        result = self.run(["ls", "-1A", "--", path])
+        result = self._take(("dir", path)) or self.run(["sh", "-c", LIST_SCRIPT, "sh", path])
         return sorted(line for line in result.stdout.splitlines() if line) if result.ok else []
 
     def exists(self, path: str) -> bool:
-        return self.run(["sh", "-c", 'test -e "$1" || test -L "$1"', "sh", path]).ok
+        result = self._take(("path", path)) or self.run(["sh", "-c", EXISTS_SCRIPT, "sh", path])
+        return result.ok
 
     def readlink(self, path: str) -> str | None:
-        result = self.run(["readlink", "--", path])
+        result = self._take(("link", path)) or self.run(["readlink", "--", path])
         return result.stdout.strip() or None if result.ok else None
+
+
+def command_result(args: tuple[str, ...], rc: int, stdout: str, stderr: str) -> CommandResult:
+    """What coreutils ``timeout``'s exit status says about ``args``."""
+    if rc == TIMED_OUT:
+        return CommandResult(args, None, stdout, stderr, timed_out=True)
+    if rc in (NOT_FOUND, NOT_EXECUTABLE) and "timeout: failed to run command" in stderr:
+        return CommandResult(args, None, stdout, stderr, missing=True)
+    return CommandResult(args, rc, stdout, stderr)
+
+
+def _text(data: bytes) -> str:
+    """A command's output as text; bytes that are not UTF-8 are replaced, not a reason to fail."""
+    return data.decode("utf-8", errors="replace")
+
+
+def _output(result: Any, stream: str) -> str:
+    """testinfra's ``stdout`` or ``stderr`` as ``_text`` decodes it (testinfra's own decoding
+    raises for bytes that are not UTF-8)."""
+    raw = getattr(result, f"{stream}_bytes", None)
+    return _text(raw) if isinstance(raw, bytes) else str(getattr(result, stream))
+
+
+EXISTS_SCRIPT = 'test -e "$1" || test -L "$1"'  # a dangling link exists too, as os.path.lexists says
+# A directory's entries by the shell's own globbing, one per line; none for a file, as
+# os.listdir raises for one (`ls` would print the file's own name).
+LIST_SCRIPT = (
+    'for f in "$1"/* "$1"/.[!.]* "$1"/..?*; do '
+    'if [ -e "$f" ] || [ -L "$f" ]; then printf "%s\\n" "${f##*/}"; fi; done; [ -d "$1" ]'
+)
+READ_SECONDS = 5.0  # what a batch allows a file read (no `timeout` of its own: that is a process)
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One read of a batch: how the host method looks it up, and how the host answers it."""
+
+    key: tuple[str, str]
+    argv: tuple[str, ...]  # the command the answer is reported as
+    remote: str
+    seconds: float
+
+
+def batch_items(reads: Reads, bounded: Callable[[tuple[str, ...], float], str]) -> list[BatchItem]:
+    """The host's commands for ``reads``: file, directory and path reads by builtins or one
+    process; commands as ``run`` sends them (``bounded``), so that each keeps its own timeout."""
+    items: dict[tuple[str, str], BatchItem] = {}
+
+    def add(key: tuple[str, str], argv: tuple[str, ...], remote: str, seconds: float = READ_SECONDS) -> None:
+        items.setdefault(key, BatchItem(key, argv, remote, seconds))
+
+    for path in reads.files:
+        add(("file", path), ("cat", "--", path), shlex.join(["cat", "--", path]))
+    # A script of builtins runs in the batch's own shell, not in a `sh` of its own.
+    for path in reads.dirs:
+        add(
+            ("dir", path), ("sh", "-c", LIST_SCRIPT, "sh", path), f"set -- {shlex.quote(path)}; {LIST_SCRIPT}"
+        )
+    for path in reads.paths:
+        add(
+            ("path", path),
+            ("sh", "-c", EXISTS_SCRIPT, "sh", path),
+            f"set -- {shlex.quote(path)}; {EXISTS_SCRIPT}",
+        )
+    for path in reads.links:
+        add(("link", path), ("readlink", "--", path), shlex.join(["readlink", "--", path]))
+    for argv, timeout in reads.commands:
+        command = bounded(argv, timeout)
+        add(("run", command), argv, command, timeout + 5)
+    return list(items.values())
 
 
 def connection_error_text(exc: BaseException) -> str:

@@ -28,6 +28,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 # Backends whose command line is ``ssh`` (or sshpass + ssh) and whose remote side is a shell.
@@ -56,6 +57,22 @@ while :; do
   [ ! -s "$d/e" ] || cat "$d/e"
   printf '\n%s %s\n' "$t" "$s"
 done"""
+
+
+# A batched command's answer is framed as a command's, with this tag before "o" and the status.
+ITEM_TAG = "i "
+# Stderr of a batched command goes to a file, sent back by builtins: a `cat` would be a process.
+BATCH_PROLOGUE = (
+    r"""gpuhost_err() { while IFS= read -r l || [ -n "$l" ]; do printf '%s\n' "$l"; done <"$d/i"; }"""
+)
+BATCH_ITEM = r"""{{ {command}
+}} 2>"$d/i"; s=$?; printf '\n%s i o\n' "$t"; [ ! -s "$d/i" ] || gpuhost_err; printf '\n%s i %s\n' "$t" "$s"
+"""
+
+
+def batch_script(commands: Sequence[str]) -> str:
+    """One command for the loop that runs ``commands`` and frames each one's answer."""
+    return BATCH_PROLOGUE + "\n" + "".join(BATCH_ITEM.format(command=c) for c in commands)
 
 
 class ShellGone(Exception):
@@ -126,6 +143,16 @@ class RemoteShell:
     def run(self, command: str, timeout: float) -> tuple[int, bytes, bytes]:
         """Exit status, stdout and stderr of ``command``; ``ShellGone`` when the shell cannot run
         it or ended before it answered; ``Deadline`` when no answer came in ``timeout`` seconds."""
+        return self._exchange(command, 0, timeout)[-1]
+
+    def run_many(self, commands: Sequence[str], timeout: float) -> list[tuple[int, bytes, bytes]]:
+        """Exit status, stdout and stderr of each of ``commands``, run one after the other in this
+        shell's own process (no subshell each: they must be commands, not scripts that ``exit``
+        or ``cd``), all in one round trip; errors as ``run``'s, for all of them at once."""
+        return self._exchange(batch_script(commands), len(commands), timeout)[:-1]
+
+    def _exchange(self, command: str, items: int, timeout: float) -> list[tuple[int, bytes, bytes]]:
+        """Send one command; read the answers of its ``items`` batched commands, then its own."""
         if self.dead or not self.lock.acquire(blocking=False):
             raise ShellGone("busy or ended")  # a second thread on this host: testinfra runs it
         process = self.process
@@ -140,13 +167,9 @@ class RemoteShell:
                 process.stdin.flush()
             except (OSError, ValueError) as exc:  # ValueError: another thread closed it
                 raise ShellGone(f"the remote shell ended: {exc}") from None
-            token = self.token.encode()
-            out = self._read_until(process, b"\n" + token + b" o\n", deadline)
-            err = self._read_until(process, b"\n" + token + b" ", deadline)
-            status = self._read_line(process, deadline)
-            if not status.isdigit():
-                raise ShellGone(f"unexpected answer from the remote shell: {status!r:.200}")
-            return int(status), out, err
+            answers = [self._answer(process, deadline, ITEM_TAG) for _ in range(items)]
+            answers.append(self._answer(process, deadline, ""))
+            return answers
         except BaseException:
             self.close(grace=0.0)  # whatever happened mid-exchange, the stream is out of step
             if process is not None and process.stdout is not None:
@@ -154,6 +177,24 @@ class RemoteShell:
             raise
         finally:
             self.lock.release()
+
+    def _answer(
+        self, process: subprocess.Popen[bytes], deadline: float, tag: str
+    ) -> tuple[int, bytes, bytes]:
+        """One framed answer: stdout, "\\nTOKEN {tag}o", stderr, "\\nTOKEN {tag}STATUS"."""
+        token = self.token.encode()
+        out, mark = self._read_frame(process, token, deadline)
+        err, status = self._read_frame(process, token, deadline)
+        prefix = tag.encode()
+        if mark != prefix + b"o" or not status.startswith(prefix) or not status[len(prefix) :].isdigit():
+            raise ShellGone(f"unexpected answer from the remote shell: {mark!r:.100} {status!r:.100}")
+        return int(status[len(prefix) :]), out, err
+
+    def _read_frame(
+        self, process: subprocess.Popen[bytes], token: bytes, deadline: float
+    ) -> tuple[bytes, bytes]:
+        """What the shell sent before the next marker line, and the rest of that line."""
+        return self._read_until(process, b"\n" + token + b" ", deadline), self._read_line(process, deadline)
 
     def _fill(self, process: subprocess.Popen[bytes], deadline: float) -> None:
         """Read what the shell has sent, waiting at most until ``deadline``."""

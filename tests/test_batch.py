@@ -1,0 +1,266 @@
+"""Batched reads (``pytest_gpuhost.hosts.batch``) against a real loopback sshd: a batch is one round
+trip, and every answer in it is the answer the host gives to the same question asked alone,
+down to exit statuses, stderr, NUL bytes and timeouts. An answer is handed out once, only to
+the thread that asked for the batch, and never outlives its block."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sshd_support import SshLab
+
+from pytest_gpuhost.facts.docker_engine import list_daemon_processes
+from pytest_gpuhost.facts.gather import gather_host_facts
+from pytest_gpuhost.facts.toolkit import gather_toolkit
+from pytest_gpuhost.hosts import remote_shell
+from pytest_gpuhost.hosts.batch import Reads, batched
+from pytest_gpuhost.hosts.host import LocalHost
+from pytest_gpuhost.hosts.remote import TestinfraHost, control_path
+
+
+class Exchanges:
+    """Counts the host's round trips: commands through testinfra and exchanges with the shell."""
+
+    def __init__(self, host: TestinfraHost) -> None:
+        self.testinfra = 0
+        self.shell = 0
+        inner_run = host.testinfra.run
+        shell = host.shell
+        assert shell is not None
+        inner_exchange = shell._exchange
+
+        def run(command: str) -> Any:
+            self.testinfra += 1
+            return inner_run(command)
+
+        def exchange(*args: Any) -> Any:
+            self.shell += 1
+            return inner_exchange(*args)
+
+        host.testinfra = _Proxy(host.testinfra, run)
+        shell._exchange = exchange  # type: ignore[method-assign,assignment]
+
+    @property
+    def total(self) -> int:
+        return self.testinfra + self.shell
+
+
+class _Proxy:
+    """testinfra's host with a counted ``run``."""
+
+    def __init__(self, inner: Any, run: Any) -> None:
+        self.backend = inner.backend
+        self.run = run
+
+
+@pytest.fixture
+def node(lab: SshLab) -> Iterator[tuple[TestinfraHost, Exchanges]]:
+    """A loopback host whose connection one command proved, and a count of its round trips."""
+    import testinfra
+
+    lab.start("node1", SetEnv="SHLVL=1")
+    kwargs = {"ssh_config": str(lab.ssh_config())}
+    backend_host = testinfra.get_host(
+        "ssh://node1", controlpath=control_path("ssh://node1", kwargs), **kwargs
+    )
+    host = TestinfraHost(backend_host, "node1", "ssh://node1")
+    exchanges = Exchanges(host)
+    try:
+        assert host.run(["true"]).ok
+        yield host, exchanges
+    finally:
+        host.close()
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """Files of every kind a fact module reads."""
+    (tmp_path / "text").write_text("line one\nline two\n")
+    (tmp_path / "no-newline").write_text("last line")
+    (tmp_path / "nul").write_bytes(b"dockerd\0--config-file\0/etc/docker/daemon.json\0")
+    (tmp_path / "latin1").write_bytes(b"caf\xe9\n")
+    (tmp_path / "empty").write_text("")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / ".hidden").write_text("")
+    (tmp_path / "dir" / "nvidia0").write_text("")
+    (tmp_path / "dir" / "with space").write_text("")
+    (tmp_path / "emptydir").mkdir()
+    (tmp_path / "link").symlink_to("text")
+    (tmp_path / "dangling").symlink_to("nowhere")
+    return tmp_path
+
+
+def questions(tree: Path) -> Reads:
+    paths = [str(tree / name) for name in ("text", "no-newline", "nul", "latin1", "empty", "dir", "missing")]
+    return Reads(
+        files=tuple(paths),
+        dirs=(str(tree / "dir"), str(tree / "emptydir"), str(tree / "missing"), str(tree / "text")),
+        paths=(str(tree / "text"), str(tree / "dangling"), str(tree / "missing")),
+        links=(str(tree / "link"), str(tree / "text"), str(tree / "missing")),
+        commands=(
+            (("sh", "-c", "echo out; echo err >&2; exit 3"), 10),
+            (("printf", "%s|", "two\nlines", "it's"), 10),
+            (("no-such-command-gpuhost",), 10),
+            (("sleep", "5"), 1),
+            (("cat",), 10),  # stdin is empty: it must not read the batch
+        ),
+    )
+
+
+def ask(host: Any, reads: Reads) -> list[Any]:
+    """Every answer to ``reads``, as the fact modules would ask them one by one."""
+    answers: list[Any] = []
+    for path in reads.files:
+        answers.append(host.read_text(path))
+    answers += [host.listdir(path) for path in reads.dirs]
+    answers += [host.exists(path) for path in reads.paths]
+    answers += [host.readlink(path) for path in reads.links]
+    for argv, timeout in reads.commands:
+        result = host.run(argv, timeout=timeout)
+        answers.append((result.returncode, result.stdout, result.stderr, result.missing, result.timed_out))
+    return answers
+
+
+def test_a_batch_is_one_round_trip_with_the_answers_of_single_questions(
+    node: tuple[TestinfraHost, Exchanges], tree: Path
+) -> None:
+    host, exchanges = node
+    reads = questions(tree)
+    before = exchanges.total
+    with batched(host, reads):
+        together = ask(host, reads)
+    assert exchanges.total == before + 1, "the batch took more than one round trip"
+    alone = ask(host, reads)
+    assert exchanges.total == before + 1 + 22, "the single questions were not asked one by one"
+    assert together == alone
+    # What the answers are, so that both paths cannot be wrong alike.
+    text, no_newline, nul, latin1, empty, directory, missing = together[:7]
+    assert (text, no_newline, empty, directory, missing) == (
+        "line one\nline two\n",
+        "last line",
+        "",
+        None,
+        None,
+    )
+    assert nul == "dockerd\0--config-file\0/etc/docker/daemon.json\0"
+    assert latin1 == "caf\ufffd\n"
+    assert together[7:11] == [[".hidden", "nvidia0", "with space"], [], [], []]  # a file has no entries
+    assert together[11:14] == [True, True, False]
+    assert together[14:17] == ["text", None, None]
+    failing, quoted, absent, slow, no_stdin = together[17:]
+    assert failing == (3, "out\n", "err\n", False, False)
+    assert quoted[:2] == (0, "two\nlines|it's|")
+    assert absent[3] and slow[4] and no_stdin[:2] == (0, "")
+
+
+def test_an_answer_is_handed_out_once_and_never_outlives_its_block(
+    node: tuple[TestinfraHost, Exchanges], tree: Path
+) -> None:
+    host, _ = node
+    path = str(tree / "text")
+    with batched(host, Reads(files=(path, str(tree / "empty")))):
+        (tree / "text").write_text("changed\n")
+        assert host.read_text(path) == "line one\nline two\n"  # from the batch
+        assert host.read_text(path) == "changed\n"  # asked again
+        (tree / "empty").write_text("now full\n")
+    assert host.read_text(str(tree / "empty")) == "now full\n"  # the unused answer was dropped
+
+
+def test_another_thread_asks_the_host_itself(node: tuple[TestinfraHost, Exchanges], tree: Path) -> None:
+    host, _ = node
+    path = str(tree / "text")
+    seen: list[str | None] = []
+    with batched(host, Reads(files=(path,))):
+        (tree / "text").write_text("changed\n")
+        other = threading.Thread(target=lambda: seen.append(host.read_text(path)))
+        other.start()
+        other.join()
+        assert host.read_text(path) == "line one\nline two\n"
+    assert seen == ["changed\n"]
+
+
+def test_a_host_whose_shell_ended_answers_one_question_at_a_time(
+    node: tuple[TestinfraHost, Exchanges], tree: Path
+) -> None:
+    host, exchanges = node
+    assert host.shell is not None
+    host.shell.close()
+    reads = questions(tree)
+    before = exchanges.testinfra
+    with batched(host, reads):
+        together = ask(host, reads)
+    assert exchanges.testinfra == before + 22
+    assert together == ask(host, reads)
+
+
+def test_a_batch_past_its_deadline_leaves_every_question_to_be_asked(
+    node: tuple[TestinfraHost, Exchanges], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file read has no remote timeout of its own in a batch; one that hangs (here a FIFO that
+    nobody writes) ends the batch at its local deadline, and the questions are asked again."""
+    host, exchanges = node
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    monkeypatch.setattr("pytest_gpuhost.hosts.remote.CONNECT_GRACE", 0.5)
+    monkeypatch.setattr("pytest_gpuhost.hosts.remote.READ_SECONDS", 0.5)
+    try:
+        before = exchanges.testinfra
+        started = time.monotonic()
+        with batched(host, Reads(files=(str(fifo), "/etc/hostname"))):
+            assert time.monotonic() - started < 5  # the budget: two reads and the grace
+            assert host.shell is not None and host.shell.dead
+            assert host.read_text("/etc/hostname") == Path("/etc/hostname").read_text()
+        assert exchanges.testinfra == before + 1  # asked again, through testinfra
+    finally:
+        with open(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK), "w"):  # the host's `cat` may end
+            pass
+
+
+def test_the_local_host_needs_no_batch(tree: Path) -> None:
+    host = LocalHost()
+    reads = dataclasses.replace(questions(tree), files=(str(tree / "text"),))  # a directory raises here
+    with batched(host, reads):
+        together = ask(host, reads)
+    assert together == ask(host, reads)
+
+
+def test_facts_gathered_in_batches_are_the_facts_of_single_questions(
+    node: tuple[TestinfraHost, Exchanges], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The host is this machine: its PCI bus, /proc, Docker daemons and toolkit files, whatever they are."""
+    host, exchanges = node
+    before = exchanges.total
+    batched_facts = gather_host_facts(host, 10.0, use_nvml=False)
+    batched_toolkit = gather_toolkit(host, 10.0)
+    batched_daemons = list_daemon_processes(host)
+    asked = exchanges.total - before
+    monkeypatch.setattr(TestinfraHost, "preload", lambda self, reads: None)
+    before = exchanges.total
+    assert gather_host_facts(host, 10.0, use_nvml=False) == batched_facts
+    assert gather_toolkit(host, 10.0) == batched_toolkit
+    assert list_daemon_processes(host) == batched_daemons
+    alone = exchanges.total - before
+    assert asked <= 5 and alone >= asked + 10, (asked, alone)
+
+
+def test_the_shell_frames_each_batched_answer() -> None:
+    """The loop itself, without SSH: each command's stdout, stderr and status, then the next."""
+    from test_remote_shell import HereBackend
+
+    shell = remote_shell.RemoteShell(HereBackend())
+    try:
+        answers = shell.run_many(
+            ["printf 'a\\n\\nb'", "sh -c 'echo e >&2; exit 4'", "printf '%s o\\n' x", "printf 'i o'"],
+            timeout=10,
+        )
+        assert answers == [(0, b"a\n\nb", b""), (4, b"", b"e\n"), (0, b"x o\n", b""), (0, b"i o", b"")]
+        assert shell.run("echo next", timeout=10) == (0, b"next\n", b"")  # still in step
+    finally:
+        shell.close()
