@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hosts_support import HereBackend
 from sshd_support import SshLab
 
 from pytest_gpuhost.facts.docker_engine import list_daemon_processes
@@ -252,8 +253,6 @@ def test_facts_gathered_in_batches_are_the_facts_of_single_questions(
 
 def test_the_shell_frames_each_batched_answer() -> None:
     """The loop itself, without SSH: each command's stdout, stderr and status, then the next."""
-    from test_remote_shell import HereBackend
-
     shell = remote_shell.RemoteShell(HereBackend())
     try:
         answers = shell.run_many(

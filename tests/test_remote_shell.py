@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hosts_support import HereBackend
 from sshd_support import SshLab, sshd_or_skip
 
 from pytest_gpuhost.hosts import remote_shell
@@ -171,19 +172,6 @@ def test_sudo_and_other_backends_keep_testinfras_path() -> None:
     assert remote_shell.supports(Backend())
     Backend.NAME = "paramiko"
     assert not remote_shell.supports(Backend())
-
-
-class HereBackend:
-    """testinfra's SSH backend, minus the SSH: the shell's command line runs on this machine."""
-
-    NAME = "ssh"
-    sudo = False
-
-    def _build_ssh_command(self, command: str) -> tuple[list[str], list[str]]:
-        return ["sh", "-c", "%s"], [command]
-
-    def result(self, *args: Any) -> None:
-        return None
 
 
 def test_closing_busy_shells_takes_the_grace_once_not_per_shell() -> None:
