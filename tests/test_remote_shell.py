@@ -10,7 +10,6 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -60,12 +59,11 @@ def make_host(lab: SshLab) -> tuple[TestinfraHost, Counting]:
 
 @pytest.fixture
 def proven(lab: SshLab) -> Iterator[tuple[TestinfraHost, Counting]]:
-    """A host whose connection one command through testinfra proved: its next ones go through
-    the shell."""
+    """A host after its first command, which started the shell: testinfra ran none of them."""
     host, counting = make_host(lab)
     try:
-        assert host.run(["true"]).ok  # testinfra's own path: proves the connection
-        assert len(counting.commands) == 1
+        assert host.run(["true"]).ok and host.connected
+        assert counting.commands == []
         yield host, counting
     finally:
         host.close()
@@ -84,16 +82,16 @@ COMMANDS = [
 ]
 
 
-def test_after_the_first_command_one_shell_gives_testinfras_answers(
+def test_one_shell_gives_testinfras_answers(
     proven: tuple[TestinfraHost, Counting],
 ) -> None:
     host, counting = proven
     through_shell = [host.run(argv) for argv in COMMANDS]
-    assert len(counting.commands) == 1, "a command went through testinfra, not the shell"
+    assert counting.commands == [], "a command went through testinfra, not the shell"
     assert host.shell is not None and host.shell.process is not None
     host.shell.close()  # from now on testinfra runs everything: the reference answers
     through_testinfra = [host.run(argv) for argv in COMMANDS]
-    assert len(counting.commands) == 1 + len(COMMANDS)
+    assert len(counting.commands) == len(COMMANDS)
     for argv, mine, theirs in zip(COMMANDS, through_shell, through_testinfra, strict=True):
         assert (mine.returncode, mine.stdout, mine.stderr, mine.missing, mine.timed_out) == (
             theirs.returncode,
@@ -112,7 +110,7 @@ def test_a_remote_timeout_is_a_timeout_in_the_shell_too(proven: tuple[TestinfraH
     result = host.run(["sleep", "5"], timeout=1)
     assert result.timed_out and not result.ok
     assert host.run(["echo", "next"]).stdout == "next\n"  # the shell is still in step
-    assert len(counting.commands) == 1
+    assert counting.commands == []
 
 
 def test_a_shell_that_ends_hands_its_commands_back_to_testinfra(
@@ -142,18 +140,23 @@ def test_a_command_past_its_local_deadline_ends_the_shell(proven: tuple[Testinfr
         shell.run("true", timeout=5)
 
 
-def test_no_shell_before_a_command_proved_the_connection(lab: SshLab, tmp_path: Path) -> None:
-    """An unreachable host is diagnosed from the ssh client's words, as before: no shell starts."""
+def test_an_unreachable_host_is_diagnosed_from_the_ssh_of_its_shell(lab: SshLab) -> None:
+    """The first command starts the shell; when ssh fails there, the result carries ssh's own
+    words, as testinfra's would, and later commands get the same diagnosis from testinfra."""
     lab.closed("down")
     import testinfra
 
     kwargs = {"ssh_config": str(lab.ssh_config())}
     backend_host = testinfra.get_host("ssh://down", controlpath=control_path("ssh://down", kwargs), **kwargs)
-    host = TestinfraHost(backend_host, "down", "ssh://down")
+    counting = Counting(backend_host)
+    host = TestinfraHost(counting, "down", "ssh://down")
     down = host.run(["true"])
-    assert down.unreachable and "Connection refused" in down.stderr
-    assert host.shell is not None and host.shell.process is None and not host.connected
-    assert host.run(["true"]).unreachable
+    assert down.unreachable and "Connection refused" in down.stderr, down
+    assert counting.commands == []  # the shell's ssh said it, not a second connection
+    assert host.shell is not None and host.shell.dead and not host.connected
+    again = host.run(["true"])
+    assert again.unreachable and "Connection refused" in again.stderr
+    assert len(counting.commands) == 1
 
 
 def test_sudo_and_other_backends_keep_testinfras_path() -> None:
@@ -227,11 +230,32 @@ class BrokenBackend(HereBackend):
 )
 def test_a_shell_that_does_not_start_is_gone_for_good(line: str) -> None:
     shell = remote_shell.RemoteShell(BrokenBackend(line))
-    with pytest.raises(remote_shell.ShellGone):
+    with pytest.raises(remote_shell.ShellGone) as gone:
         shell.run("true", timeout=10)
+    assert not isinstance(gone.value, remote_shell.SshFailed)  # not ssh's 255: testinfra tries
     assert shell.dead and shell.process is None
     with pytest.raises(remote_shell.ShellGone):
         shell.run("true", timeout=10)
+
+
+def test_ssh_failing_as_the_shell_starts_gives_its_own_words() -> None:
+    refused = "echo 'ssh: connect to host gpu01 port 22: Connection refused' >&2; exit 255"
+    shell = remote_shell.RemoteShell(BrokenBackend(refused))
+    with pytest.raises(remote_shell.SshFailed) as failed:
+        shell.run("true", timeout=10)
+    assert failed.value.stderr == "ssh: connect to host gpu01 port 22: Connection refused\n"
+    assert shell.dead and shell.process is None and shell.errors is None
+
+
+def test_a_host_silent_at_first_contact_is_a_deadline() -> None:
+    """The first command's own deadline bounds the connection: a host that never answers is a
+    timed-out command, not a shell that waits for ever (or a second wait through testinfra)."""
+    shell = remote_shell.RemoteShell(BrokenBackend("sleep 30"))
+    started = time.monotonic()
+    with pytest.raises(remote_shell.Deadline):
+        shell.run("true", timeout=0.5)
+    assert time.monotonic() - started < 3.0
+    assert shell.dead and shell.process is None
 
 
 def test_the_shell_runs_here_as_on_a_host() -> None:

@@ -65,7 +65,7 @@ class TestinfraHost:
         self.name = name
         self.spec = spec
         self.remote = backend_host.backend.get_connection_type() != "local"
-        # After the first command that testinfra ran, the rest go through one shell (remote_shell).
+        # Commands go through one shell (remote_shell); testinfra runs those it cannot.
         self.shell = (
             RemoteShell(backend_host.backend) if remote_shell.supports(backend_host.backend) else None
         )
@@ -137,16 +137,24 @@ class TestinfraHost:
         return found[1] if found is not None else None
 
     def _run_in_shell(self, command: str, deadline: float) -> Any:
-        """testinfra's result of ``command`` run by the host's shell; None: let testinfra run it."""
-        if self.shell is None or not self.connected:
+        """testinfra's result of ``command`` run by the host's shell; None: let testinfra run it.
+        The host's first command starts the shell, and an ssh that fails there fails the command
+        with its own words, as testinfra's ssh would."""
+        if self.shell is None:
             return None
+        backend = self.testinfra.backend
         try:
-            rc, stdout, stderr = self.shell.run(self.testinfra.backend.get_command(command), deadline)
+            rc, stdout, stderr = self.shell.run(backend.get_command(command), deadline)
+        except remote_shell.SshFailed as failed:
+            raise RuntimeError(
+                backend.result(SSH_FAILED, backend.encode(command), b"", failed.stderr.encode())
+            ) from None
         except remote_shell.ShellGone:
             return None
-        result = self.testinfra.backend.result(rc, self.testinfra.backend.encode(command), stdout, stderr)
+        result = backend.result(rc, backend.encode(command), stdout, stderr)
         if rc == SSH_FAILED:  # what testinfra's ssh backend makes of 255, for the same diagnosis
             raise RuntimeError(result)
+        self.connected = True
         return result
 
     def close(self) -> None:

@@ -11,10 +11,12 @@ marker line, its stderr (kept in a file: empty, it costs no process) and a line 
 status. The markers carry a random token the shell reads from its stdin, so it is in no command
 line that other users of the host could read with `ps`.
 
-The shell starts only after a command went through testinfra and the connection answered, so an
-unreachable host is still diagnosed from the ssh client's own words. Anything unexpected (the
-shell does not start, ends, sends something else, or a command outlives its deadline) ends the
-shell for good and hands that command back: it and all later ones go through testinfra as before.
+The host's first command starts the shell, so the first contact is one ssh, not two; ssh's stderr
+is kept, and an ssh that fails there (exit status 255) is ``SshFailed`` with its own words, from
+which an unreachable host is diagnosed as from testinfra's. A host silent at first contact is a
+``Deadline`` of that first command. Anything else unexpected (the shell does not start, ends,
+sends something else, or a command outlives its deadline) ends the shell for good and hands that
+command back: it and all later ones go through testinfra as before.
 """
 
 from __future__ import annotations
@@ -26,14 +28,15 @@ import selectors
 import shlex
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import IO, Any
 
 # Backends whose command line is ``ssh`` (or sshpass + ssh) and whose remote side is a shell.
 SHELL_BACKENDS = ("ssh", "safe-ssh")
-START_TIMEOUT = 20.0  # seconds for the shell's first line: a session on an open control master
+SSH_FAILED = 255  # ssh's own exit status: the connection or the login failed
 # The remote loop. Its first line of input is a random token; a command is the lines up to a line
 # that is the token. The answer is the command's stdout, "\nTOKEN o\n", its stderr, and
 # "\nTOKEN STATUS\n". Builtins only, apart from the command and a `cat` for a stderr that is not
@@ -79,6 +82,14 @@ class ShellGone(Exception):
     """The shell could not run the command; the caller runs it another way."""
 
 
+class SshFailed(ShellGone):
+    """ssh itself failed as the shell started (exit status 255): ``stderr`` holds its own words."""
+
+    def __init__(self, stderr: str) -> None:
+        super().__init__(stderr)
+        self.stderr = stderr
+
+
 class Deadline(Exception):
     """No complete answer before the deadline; the shell is ended."""
 
@@ -103,6 +114,7 @@ class RemoteShell:
         self.buffer = bytearray()
         self.lock = threading.Lock()
         self.dead = False
+        self.errors: IO[bytes] | None = None
 
     def command_line(self) -> str:
         """testinfra's own ssh command for the host, running this module's loop."""
@@ -110,14 +122,17 @@ class RemoteShell:
         cmd, args = self.backend._build_ssh_command(remote)
         return str(" ".join(cmd) % tuple(shlex.quote(str(a)) for a in args))
 
-    def start(self) -> subprocess.Popen[bytes]:
+    def start(self, deadline: float) -> subprocess.Popen[bytes]:
+        """Start the shell; ``Deadline`` if its first line did not come by ``deadline`` (the
+        host's first contact: nothing else would answer sooner), ``SshFailed`` if ssh failed."""
+        self.errors = tempfile.TemporaryFile()  # noqa: SIM115 - ssh's stderr, kept until close()
         try:
             self.process = process = subprocess.Popen(
                 self.command_line(),
                 shell=True,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
+                stderr=self.errors,
                 start_new_session=True,  # its own group: close() ends the shell and the ssh client together
             )
         except (
@@ -131,14 +146,23 @@ class RemoteShell:
             assert process.stdin is not None
             process.stdin.write(f"{self.token}\n".encode())
             process.stdin.flush()
-            line = self._read_line(process, time.monotonic() + START_TIMEOUT)
-        except (OSError, ValueError):
+            line = self._read_line(process, deadline)
+        except (OSError, ValueError, ShellGone):
+            self._raise_ssh_failure(process)
             raise ShellGone("the remote shell ended before it started") from None
-        except Deadline:
-            raise ShellGone("the remote shell did not start in time") from None
         if line != f"{self.token} ready".encode():
             raise ShellGone(f"the remote shell did not start: {line[:200]!r}")
         return process
+
+    def _raise_ssh_failure(self, process: subprocess.Popen[bytes]) -> None:
+        """``SshFailed`` with ssh's stderr if the shell ended because ssh failed."""
+        try:
+            status = process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            return
+        if status == SSH_FAILED and self.errors is not None:
+            self.errors.seek(0)
+            raise SshFailed(self.errors.read(1 << 16).decode(errors="replace")) from None
 
     def run(self, command: str, timeout: float) -> tuple[int, bytes, bytes]:
         """Exit status, stdout and stderr of ``command``; ``ShellGone`` when the shell cannot run
@@ -156,12 +180,12 @@ class RemoteShell:
         if self.dead or not self.lock.acquire(blocking=False):
             raise ShellGone("busy or ended")  # a second thread on this host: testinfra runs it
         process = self.process
+        deadline = time.monotonic() + timeout
         try:
             if process is None:
-                process = self.start()
+                process = self.start(deadline)
             if process.stdin is None or self.dead:  # closed by another thread meanwhile
                 raise ShellGone("ended")
-            deadline = time.monotonic() + timeout
             try:
                 process.stdin.write(f"{command}\n{self.token}\n".encode())
                 process.stdin.flush()
@@ -243,6 +267,9 @@ class RemoteShell:
         """Hang up and wait for the ssh client; its process group is killed if it lingers."""
         self.hang_up()
         process, self.process = self.process, None
+        errors, self.errors = self.errors, None
+        if errors is not None:
+            errors.close()
         if process is None:
             return
         try:
