@@ -23,7 +23,7 @@ from pytest_gpuhost.facts.model import GpuListing, HostFacts, KernelFacts, Preco
 from pytest_gpuhost.hosts import remote_shell
 from pytest_gpuhost.hosts.batch import Reads
 from pytest_gpuhost.hosts.host import DEFAULT_COMMAND_TIMEOUT, CommandResult, Host
-from pytest_gpuhost.hosts.remote_shell import RemoteShell
+from pytest_gpuhost.hosts.remote_shell import SSH_FAILED, RemoteShell
 from pytest_gpuhost.timeouts import NativeCallTimeout, call_with_timeout
 
 if TYPE_CHECKING:
@@ -34,7 +34,6 @@ CHECK_REACHABLE = "test_host_reachable"
 CONNECT_GRACE = 20.0
 # Exit statuses of coreutils `timeout`: the command ran out of time, or could not be started.
 TIMED_OUT, NOT_EXECUTABLE, NOT_FOUND = 124, 126, 127
-SSH_FAILED = 255  # ssh's own exit status for a failed connection
 SSH_CONNECTIONS = ("ssh", "safe-ssh")
 # Set by Ctrl-C (``stop_background_commands``): the hosts' background threads get no more answers.
 _interrupted = threading.Event()
@@ -145,10 +144,8 @@ class TestinfraHost:
         backend = self.testinfra.backend
         try:
             rc, stdout, stderr = self.shell.run(backend.get_command(command), deadline)
-        except remote_shell.SshFailed as failed:
-            raise RuntimeError(
-                backend.result(SSH_FAILED, backend.encode(command), b"", failed.stderr.encode())
-            ) from None
+        except remote_shell.SshFailed as failed:  # answered below as testinfra's ssh would
+            rc, stdout, stderr = SSH_FAILED, b"", failed.stderr.encode()
         except remote_shell.ShellGone:
             return None
         result = backend.result(rc, backend.encode(command), stdout, stderr)
