@@ -12,6 +12,7 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -533,3 +534,42 @@ def test_the_tunnel_ends_when_pytest_is_killed(lab: SshLab, tmp_path: Path) -> N
     # The next session removes the killed one's folder: its socket no longer answers.
     assert directory in remove_stale_tunnels(str(Path(directory).parent))
     assert not Path(directory).exists()
+
+
+def refused_socket_folder(parent: Path, pid: int) -> Path:
+    """A tunnel folder of ``pid`` whose socket is bound and not listening: what a probe meets
+    between the bind and the listen of a tunnel that is opening."""
+    folder = Path(tempfile.mkdtemp(prefix=f"gpuhost-docker-{pid}-", dir=parent))
+    bound = socket.socket(socket.AF_UNIX)
+    bound.bind(str(folder / "docker.sock"))
+    bound.close()  # the file stays; a connect to it is refused
+    return folder
+
+
+def test_a_sweep_leaves_an_opening_tunnel_of_a_live_process(tmp_path: Path) -> None:
+    """32 hosts open their tunnels at once; a sweep must not take one that is not listening yet."""
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        mine = refused_socket_folder(tmp_path, os.getpid())
+        other = refused_socket_folder(tmp_path, sleeper.pid)
+        assert remove_stale_tunnels(str(tmp_path)) == []
+        assert mine.exists() and other.exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert remove_stale_tunnels(str(tmp_path)) == [str(other)]  # its maker is gone now
+    assert mine.exists()
+
+
+def test_a_tunnel_whose_folder_vanishes_is_a_diagnosis(lab: SshLab) -> None:
+    lab.start("node1")
+    fake = FakeTestinfra({})
+    tunnel = DockerTunnel(
+        TestinfraHost(fake, "node1", "ssh://node1"),
+        ["ssh", "-F", str(lab.ssh_config()), "node1"],
+        "/var/run/docker.sock",
+    )
+    shutil.rmtree(tunnel.directory)  # a tmp cleaner, between the folder and the tunnel's start
+    with pytest.raises(TunnelError) as failure:
+        tunnel.open(timeout=10)
+    assert f"node1: the tunnel's folder {tunnel.directory} was removed" in failure.value.diagnosis.found

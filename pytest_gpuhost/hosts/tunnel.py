@@ -26,6 +26,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -46,6 +47,9 @@ TUNNEL_OPTIONS = (
 )
 # A unix socket path must fit in sun_path (108 bytes on Linux).
 MAX_SOCKET_PATH = 100
+# A tunnel's folder names the process that made it: gpuhost-docker-<pid>-<random>.
+FOLDER_PREFIX = "gpuhost-docker-"
+_swept = threading.Lock()  # held for good once this process has swept
 
 
 class TunnelError(Exception):
@@ -162,8 +166,9 @@ class DockerTunnel:
     ) -> None:
         self.host = host
         self.remote_socket = remote_socket
-        remove_stale_tunnels(_socket_dir())
-        self.directory = tempfile.mkdtemp(prefix="gpuhost-docker-", dir=_socket_dir())
+        if _swept.acquire(blocking=False):  # once per process: a fleet's hosts open theirs at once
+            remove_stale_tunnels(_socket_dir())
+        self.directory = tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-", dir=_socket_dir())
         self.local_socket = os.path.join(self.directory, "docker.sock")
         self.forward_spec = f"{self.local_socket}:{remote_socket}"
         forward = ssh_with_options(base_argv, "-T", "-L", self.forward_spec)
@@ -189,8 +194,8 @@ class DockerTunnel:
             return self.url
         from pytest_gpuhost.hosts.remote import diagnose_connection
 
-        with open(self._stderr_path, "wb") as err:
-            try:
+        try:
+            with open(self._stderr_path, "wb") as err:
                 self.process = subprocess.Popen(
                     self.argv,
                     stdin=subprocess.PIPE,
@@ -198,15 +203,31 @@ class DockerTunnel:
                     stderr=err,
                     start_new_session=True,
                 )
-            except FileNotFoundError as exc:
-                self.close()
-                raise TunnelError(
-                    Diagnosis(
-                        f"{self.host.name}: the SSH client cannot start: {exc}",
-                        "the Docker tunnel to a remote host uses OpenSSH's `ssh` on this machine",
-                        "install the OpenSSH client (`apt-get install openssh-client`)",
-                    )
-                ) from None
+        except FileNotFoundError as exc:
+            self.close()
+            missing = exc.filename == self._stderr_path
+            raise TunnelError(
+                Diagnosis(
+                    f"{self.host.name}: the tunnel's folder {self.directory} was removed as it opened"
+                    if missing
+                    else f"{self.host.name}: the SSH client cannot start: {exc}",
+                    "something else cleans this temporary directory while pytest runs"
+                    if missing
+                    else "the Docker tunnel to a remote host uses OpenSSH's `ssh` on this machine",
+                    f"keep cleaners off {FOLDER_PREFIX}* folders in {_socket_dir()}, or set TMPDIR"
+                    if missing
+                    else "install the OpenSSH client (`apt-get install openssh-client`)",
+                )
+            ) from None
+        except OSError as exc:
+            self.close()
+            raise TunnelError(
+                Diagnosis(
+                    f"{self.host.name}: the Docker tunnel cannot start: {exc}",
+                    f"the tunnel keeps its socket and ssh's messages in {_socket_dir()}",
+                    "free space or file handles there (`df -h /tmp`, `ulimit -n`), or set TMPDIR",
+                )
+            ) from None
         deadline = time.monotonic() + timeout
         while not os.path.exists(self.local_socket):
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -280,15 +301,17 @@ def close_all(tunnels: Sequence[DockerTunnel], grace: float = 5.0) -> None:
 
 
 def remove_stale_tunnels(directory: str, settle_s: float = 60.0) -> list[str]:
-    """Folders of this user's tunnels whose pytest was killed: the socket no longer answers
-    (ssh ended with it). A folder without a socket is left ``settle_s`` to open."""
+    """Folders of this user's tunnels whose pytest was killed: the process that made the folder
+    is gone and the socket no longer answers (ssh ended with it). A folder without a socket is
+    left ``settle_s`` to open. A live maker's folder is never taken: between the socket's bind
+    and its listen a probe is refused, and a fleet opens its hosts' tunnels at once."""
     removed = []
-    for folder in glob.glob(os.path.join(directory, "gpuhost-docker-*")):
+    for folder in glob.glob(os.path.join(directory, f"{FOLDER_PREFIX}*")):
         try:
             info = os.stat(folder)
         except OSError:
             continue
-        if info.st_uid != os.getuid():
+        if info.st_uid != os.getuid() or _maker_alive(folder):
             continue
         path = os.path.join(folder, "docker.sock")
         if os.path.exists(path):
@@ -303,6 +326,26 @@ def remove_stale_tunnels(directory: str, settle_s: float = 60.0) -> list[str]:
         shutil.rmtree(folder, ignore_errors=True)
         removed.append(folder)
     return removed
+
+
+def _maker_alive(folder: str) -> bool:
+    """Whether the process named in the folder's name still runs (a name without one: no)."""
+    pid = os.path.basename(folder)[len(FOLDER_PREFIX) :].partition("-")[0]
+    if not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process by that number
+        return True
+    try:  # a zombie is a killed pytest whose parent has not reaped it yet
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:  # no /proc (macOS): the signal's answer
+        return True
 
 
 def _socket_dir() -> str:
