@@ -15,7 +15,6 @@ import pickle
 import re
 import threading
 from collections.abc import Generator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from pytest_gpuhost.diagnosis import Diagnosis
 from pytest_gpuhost.facts.gather import gather_host_facts
 from pytest_gpuhost.facts.model import GpuInfo, HostFacts
 from pytest_gpuhost.facts.selection import select_gpus
-from pytest_gpuhost.hosts import remote
+from pytest_gpuhost.hosts import remote, workers
 from pytest_gpuhost.hosts.host import Host, LocalHost
 from pytest_gpuhost.hosts.remote import (
     CHECK_REACHABLE,
@@ -201,14 +200,16 @@ class GpuhostSession:
         """Every host's facts, gathered in parallel: a fleet's collection waits for the slowest only."""
         missing = [h.name for h in self.hosts if h.name not in self._facts_by_host]
         if len(missing) > 1:
-            pool = ThreadPoolExecutor(max_workers=min(64, len(missing)), thread_name_prefix="gpuhost-facts")
+            pool = workers.host_pool(self.config, len(self.hosts))
+            futures = [pool.submit(self.facts_for, name) for name in missing]
             try:
-                list(pool.map(self.facts_for, missing))
+                for future in futures:
+                    future.result()
             except BaseException:  # Ctrl-C: waiting for the hosts still answering would not end
                 remote.stop_background_commands(self.hosts)
-                pool.shutdown(wait=False, cancel_futures=True)
+                for future in futures:
+                    future.cancel()
                 raise
-            pool.shutdown()
         elif missing:
             self.facts_for(missing[0])
 

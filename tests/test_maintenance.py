@@ -565,7 +565,7 @@ def test_a_fleet_reads_reboot_and_module_facts_for_all_hosts_before_the_checks(
     reads = [line.split() for line in log.read_text().splitlines()]
     reboot = sorted(host for host, path, _ in reads if path == "/var/run/reboot-required")
     assert reboot == ["gpu01", "gpu02"]  # once per host
-    prefetched = {(host, path) for host, path, thread in reads if thread.startswith("gpuhost-prefetch")}
+    prefetched = {(host, path) for host, path, thread in reads if thread.startswith("gpuhost-host")}
     assert ("gpu01", "/var/run/reboot-required") in prefetched
     assert ("gpu02", "/var/run/reboot-required") in prefetched
     assert ("gpu01", "/proc/driver/nvidia/version") in prefetched

@@ -79,7 +79,7 @@ def test_hosts_are_warmed_at_once_and_only_what_is_selected(warmers: dict[str, A
     }
     prefetch.finish(config, prefetch.warm(config, work), interrupted=False)
     assert not together.broken
-    assert len(seen) == 5 and all(thread.startswith("gpuhost-prefetch") for _, _, thread in seen)
+    assert len(seen) == 5 and all(thread.startswith("gpuhost-host") for _, _, thread in seen)
     assert prefetch.value(config, "gpuhost_engine", "gpu03", lambda: "again") == "engine@gpu03"
 
 

@@ -15,14 +15,16 @@ or more hosts, and only what the selected checks use.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
+
+from pytest_gpuhost.hosts import workers
 
 if TYPE_CHECKING:
     from pytest_gpuhost.hosts.host import Host
@@ -34,7 +36,6 @@ WARMERS: dict[str, Callable[[pytest.Config, str], Any]] = {}
 CACHE_KEY = pytest.StashKey[dict[tuple[str, str], tuple[bool, Any]]]()
 # (fixture, host) -> set once the prefetch has kept that value (or given up on it)
 PENDING_KEY = pytest.StashKey[dict[tuple[str, str], threading.Event]]()
-MAX_THREADS = 64
 _worker = threading.local()  # .host: the host a prefetch thread works for
 
 
@@ -96,9 +97,11 @@ def plan(items: Iterable[pytest.Item], target_of: Callable[[pytest.Item], str]) 
     return {host: [f for f in WARMERS if f in names] for host, names in wanted.items()}
 
 
-def warm(config: pytest.Config, work: Mapping[str, Sequence[str]]) -> ThreadPoolExecutor | None:
-    """Start computing every host's planned values, one thread per host, and return at once;
-    ``finish`` ends the work. Failures are kept for the fixture."""
+def warm(
+    config: pytest.Config, work: Mapping[str, Sequence[str]]
+) -> list[concurrent.futures.Future[None]] | None:
+    """Start computing every host's planned values, one thread per host (the run's threads,
+    ``workers``), and return at once; ``finish`` ends the work. Failures are kept for the fixture."""
     if len(work) < 2:
         return None
     pending = config.stash.setdefault(PENDING_KEY, {})
@@ -116,21 +119,25 @@ def warm(config: pytest.Config, work: Mapping[str, Sequence[str]]) -> ThreadPool
                     value(config, fixture, host, compute)
                 pending[(fixture, host)].set()
         finally:
+            _worker.host = None  # the thread serves other work of the run next
             for fixture in work[host]:  # whatever ended the thread, no fixture waits for it
                 pending[(fixture, host)].set()
 
-    pool = ThreadPoolExecutor(max_workers=min(MAX_THREADS, len(work)), thread_name_prefix="gpuhost-prefetch")
-    for host in work:  # in the order the checks will ask
-        pool.submit(one_host, host)
-    return pool
+    pool = workers.host_pool(config, len(work))
+    return [pool.submit(one_host, host) for host in work]  # in the order the checks will ask
 
 
-def finish(config: pytest.Config, pool: ThreadPoolExecutor | None, interrupted: bool) -> None:
+def finish(
+    config: pytest.Config, warming: Sequence[concurrent.futures.Future[None]] | None, interrupted: bool
+) -> None:
     """After the run loop: wait for the hosts still answering (their sessions are torn down
     next), except after Ctrl-C, which waits for nobody; fixtures asked later compute anew."""
-    if pool is None:
+    if warming is None:
         return
-    pool.shutdown(wait=not interrupted, cancel_futures=True)
+    for future in warming:
+        future.cancel()  # a host not started yet (more hosts than threads) is not started
+    if not interrupted:
+        concurrent.futures.wait(warming)
     for event in config.stash.get(PENDING_KEY, {}).values():
         event.set()  # a cancelled host's values: computed by whoever asks
     config.stash[PENDING_KEY] = {}
