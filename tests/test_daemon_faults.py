@@ -23,8 +23,11 @@ import pytest
 from dockerlab import SecondDaemon, busybox_image, busybox_rootfs_tar, run_suite, second_dockerd
 from faultproxy import Rule, fault_proxy
 
+from pytest_gpuhost.docker.client import connect
 from pytest_gpuhost.docker.compose import PROJECT_LABEL, host_tag, sweep_projects
 from pytest_gpuhost.docker.containers import LABEL_HOSTNAME, LABEL_OWNER, LABEL_PID, LABEL_SESSION, sweep
+from pytest_gpuhost.facts.docker_engine import gather_engine
+from pytest_gpuhost.hosts.host import LocalHost
 
 SUITE = "test_step_2_2_docker.py"
 NOISE = ("Traceback", "urllib3", "requests.exceptions", "INTERNALERROR", "ReadTimeout(", "During handling")
@@ -257,7 +260,7 @@ def test_interrupt_while_the_daemon_is_hung_wins_at_once(
     assert document["interrupted"] is True
 
 
-# -- 4. `docker info` fails after a good ping --------------------------------------------------
+# -- 4. `docker info` fails after a good version negotiation -----------------------------------
 
 
 @pytest.mark.parametrize(
@@ -268,7 +271,7 @@ def test_interrupt_while_the_daemon_is_hung_wins_at_once(
         ("hang", "did not answer `docker info`"),
     ],
 )
-def test_info_failing_after_a_good_ping_fails_the_check_that_owns_it(
+def test_info_failing_after_a_good_negotiation_fails_the_check_that_owns_it(
     pytester: pytest.Pytester,
     lab: tuple[SecondDaemon, str],
     monkeypatch: pytest.MonkeyPatch,
@@ -291,6 +294,25 @@ def test_info_failing_after_a_good_ping_fails_the_check_that_owns_it(
         ]
     )
     assert_no_noise(result.stdout.str())
+
+
+def test_a_connection_and_its_engine_facts_ask_the_daemon_twice(
+    lab: tuple[SecondDaemon, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One unversioned ``/version`` negotiates and is the engine's version; then ``/info``. Each
+    request is a round trip over a fleet host's SSH tunnel: there were four (a ping, the SDK's
+    negotiation, ``/version`` again and ``/info``)."""
+    daemon, _ = lab
+    with fault_proxy(daemon.socket) as proxy:
+        monkeypatch.setenv("DOCKER_HOST", proxy.docker_host)
+        client, version = connect(10)
+        try:
+            engine = gather_engine(client, LocalHost(), 10, proxy.docker_host, version)
+        finally:
+            client.close()
+    assert proxy.seen == ["GET /version", f"GET /v{version['ApiVersion']}/info"]
+    assert engine.engine_version == version["Version"]
+    assert engine.api_version == version["ApiVersion"]
 
 
 # -- 5. sweeps that race another session -------------------------------------------------------

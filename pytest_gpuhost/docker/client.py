@@ -8,9 +8,9 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pytest_gpuhost.diagnosis import Diagnosis
 from pytest_gpuhost.docker.errors import daemon_faults, is_timeout
@@ -20,7 +20,9 @@ from pytest_gpuhost.timeouts import NativeCallTimeout, call_with_timeout
 if TYPE_CHECKING:
     import docker
 
-PROBE_API_VERSION = "1.41"  # any fixed version: the ping is unversioned, and a fixed one is never negotiated
+PROBE_API_VERSION = (
+    "1.41"  # any fixed version: the probe's calls are unversioned, and a fixed one is never negotiated
+)
 
 
 class DockerUnavailable(Exception):
@@ -182,10 +184,32 @@ def _listed_in_group(user: str, group: str) -> bool:
         return False
 
 
-def _ping(client: docker.DockerClient) -> None:
-    """``GET /_ping`` without a version prefix: answered by every daemon, whatever its API range."""
-    response = client.api.get(f"{client.api.base_url}/_ping")
-    response.raise_for_status()
+def negotiate(
+    make: Callable[[str, int], docker.DockerClient], timeout: float, what: str = "docker version"
+) -> tuple[docker.DockerClient, dict[str, Any]]:
+    """A client speaking the daemon's API version, and the daemon's ``/version`` answer, from one
+    round trip bounded by ``timeout`` (NativeCallTimeout, named ``what``).
+
+    ``make(version, seconds)`` builds a client. The SDK's own negotiation (``version="auto"``)
+    asks the daemon as the client is made, outside any deadline: a hung daemon would hang it.
+    So a client with a fixed version asks ``GET /version`` without a version prefix (every
+    daemon answers it, whatever its API range), and the client is made with the version that
+    came back. The answer is also the engine's version: nobody needs to ask for it again.
+    """
+    import docker
+
+    seconds = int(max(timeout, 1))
+    probe = make(PROBE_API_VERSION, seconds + 5)
+    try:
+        answer = call_with_timeout(lambda: probe.api.version(api_version=False), timeout, what)
+    finally:
+        probe.close()
+    api = answer.get("ApiVersion") if isinstance(answer, dict) else None
+    if not isinstance(api, str):
+        raise docker.errors.DockerException(
+            f"the daemon's /version answer names no ApiVersion: {answer!r:.200}"
+        )
+    return make(api, seconds), answer
 
 
 def hung_diagnosis(seconds: float, endpoint: Endpoint) -> Diagnosis:
@@ -196,12 +220,9 @@ def hung_diagnosis(seconds: float, endpoint: Endpoint) -> Diagnosis:
     )
 
 
-def connect(timeout: float, endpoint: Endpoint | None = None) -> docker.DockerClient:
-    """A client whose daemon answered a ping within ``timeout`` seconds.
-
-    The ping goes first, from a client that does not negotiate the API version: ``from_env()``
-    asks the daemon for its version as it is made, and a hung daemon would hang that instead.
-    """
+def connect(timeout: float, endpoint: Endpoint | None = None) -> tuple[docker.DockerClient, dict[str, Any]]:
+    """A client of the daemon the SDK picks, and the daemon's ``/version`` answer, which came
+    within ``timeout`` seconds (``negotiate``)."""
     try:
         import docker
     except ImportError as exc:  # pragma: no cover - a dependency of the package
@@ -211,15 +232,9 @@ def connect(timeout: float, endpoint: Endpoint | None = None) -> docker.DockerCl
             )
         ) from None
     endpoint = endpoint or resolve_endpoint()
-    seconds = int(max(timeout, 1))
     try:
-        probe = docker.from_env(version=PROBE_API_VERSION, timeout=seconds + 5)
-        try:
-            call_with_timeout(lambda: _ping(probe), timeout, "docker ping")
-        finally:
-            probe.close()
-        client: docker.DockerClient = call_with_timeout(
-            lambda: docker.from_env(timeout=seconds), timeout, "docker version"
+        client, version = negotiate(
+            lambda version, seconds: docker.from_env(version=version, timeout=seconds), timeout
         )
     except NativeCallTimeout as exc:
         raise DockerUnavailable(hung_diagnosis(exc.seconds, endpoint)) from None
@@ -227,4 +242,4 @@ def connect(timeout: float, endpoint: Endpoint | None = None) -> docker.DockerCl
         if is_timeout(exc):
             raise DockerUnavailable(hung_diagnosis(timeout, endpoint)) from None
         raise DockerUnavailable(diagnose_connection_error(str(exc), endpoint)) from None
-    return client
+    return client, version

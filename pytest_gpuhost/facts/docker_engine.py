@@ -356,14 +356,20 @@ def parse_engine(
 
 
 def gather_engine(
-    client: docker.DockerClient, host: Host, timeout: float, docker_host: str | None = None
+    client: docker.DockerClient,
+    host: Host,
+    timeout: float,
+    docker_host: str | None = None,
+    version: dict[str, Any] | None = None,
 ) -> EngineFacts:
-    """Ask the daemon, then look at its socket and process on ``host``."""
+    """Ask the daemon (its ``/version`` only when the connection's negotiation did not bring
+    it), then look at its socket and process on ``host``."""
     import docker as docker_sdk
 
     from pytest_gpuhost.hosts.remote import is_remote
 
-    version = call_with_timeout(client.version, timeout, "docker version")
+    if version is None:
+        version = call_with_timeout(client.version, timeout, "docker version")
     info = call_with_timeout(client.info, timeout, "docker info")
     path = socket_path(docker_host)
     asked = command(socket_stat(path), timeout) + command(DAEMON_SCAN, 30) if path else Reads()

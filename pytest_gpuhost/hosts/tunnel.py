@@ -354,9 +354,9 @@ def _socket_dir() -> str:
     return directory if len(directory) < MAX_SOCKET_PATH - 40 else "/tmp"
 
 
-def open_remote_client(host: Host, timeout: float) -> tuple[Any, DockerTunnel, str]:
-    """A Docker client for ``host``'s daemon through a new tunnel, the tunnel, and the socket path
-    on the host. Raises TunnelError with the diagnosis."""
+def open_remote_client(host: Host, timeout: float) -> tuple[Any, dict[str, Any], DockerTunnel, str]:
+    """A Docker client for ``host``'s daemon through a new tunnel, the daemon's ``/version``
+    answer, the tunnel, and the socket path on the host. Raises TunnelError with the diagnosis."""
     base = ssh_base_argv(host)
     if base is None:
         raise TunnelError(
@@ -377,22 +377,16 @@ def open_remote_client(host: Host, timeout: float) -> tuple[Any, DockerTunnel, s
     # (0.1 s) holds the others, which meanwhile had their round trips to make.
     import docker
 
-    from pytest_gpuhost.docker.client import PROBE_API_VERSION
+    from pytest_gpuhost.docker.client import negotiate
     from pytest_gpuhost.docker.errors import daemon_faults, is_timeout
-    from pytest_gpuhost.timeouts import NativeCallTimeout, call_with_timeout
+    from pytest_gpuhost.timeouts import NativeCallTimeout
 
-    seconds = int(max(timeout, 1))
     try:
-        # As for a local daemon (docker.client.connect): the ping first, from a client with a fixed
-        # API version, because making a negotiating client asks the daemon for its version and a
-        # hung daemon would hang that, outside any deadline.
-        probe = docker.DockerClient(base_url=tunnel.url, version=PROBE_API_VERSION, timeout=seconds + 5)
-        try:
-            call_with_timeout(probe.ping, timeout, f"{host.name}: docker ping")
-        finally:
-            probe.close()
-        client = call_with_timeout(
-            lambda: docker.DockerClient(base_url=tunnel.url, timeout=seconds),
+        # As for a local daemon (docker.client.connect): one bounded round trip negotiates.
+        client, version = negotiate(
+            lambda version, seconds: docker.DockerClient(
+                base_url=tunnel.url, version=version, timeout=seconds
+            ),
             timeout,
             f"{host.name}: docker version",
         )
@@ -404,7 +398,7 @@ def open_remote_client(host: Host, timeout: float) -> tuple[Any, DockerTunnel, s
         if is_timeout(exc):
             raise TunnelError(hung_remote_daemon(host, path, timeout)) from None
         raise TunnelError(diagnose_remote_socket(host, path, timeout, str(exc))) from None
-    return client, tunnel, path
+    return client, version, tunnel, path
 
 
 def hung_remote_daemon(host: Host, path: str, seconds: float) -> Diagnosis:
