@@ -24,7 +24,7 @@ from pytest_gpuhost.criteria.maintenance import (
 )
 from pytest_gpuhost.diagnosis import fail, report_verdict
 from pytest_gpuhost.facts.docker_engine import EngineFacts
-from pytest_gpuhost.facts.maintenance import ModuleFacts, RebootFacts, read_modules, read_reboot
+from pytest_gpuhost.facts.maintenance import ModuleFacts, RebootFacts, read_modules, read_reboot, reboot_reads
 from pytest_gpuhost.facts.model import HostFacts
 from pytest_gpuhost.facts.toolkit import ToolkitFacts
 from pytest_gpuhost.hosts import prefetch
@@ -54,7 +54,10 @@ def table_or_skip(advisories: AdvisoryTable | AdvisoryTableError) -> AdvisoryTab
 
 
 gpuhost_reboot = prefetch.reader_fixture(
-    "gpuhost_reboot", lambda host, timeout: read_reboot(host), "Whether the host asks for a reboot."
+    "gpuhost_reboot",
+    lambda host, timeout: read_reboot(host),
+    "Whether the host asks for a reboot.",
+    reboot_reads,
 )
 gpuhost_driver_modules = prefetch.reader_fixture(
     "gpuhost_driver_modules", read_modules, "The nvidia kernel modules installed and loaded."

@@ -9,6 +9,7 @@ import dataclasses
 import os
 import threading
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,11 @@ from sshd_support import SshLab
 from pytest_gpuhost.facts.docker_engine import list_daemon_processes
 from pytest_gpuhost.facts.gather import gather_host_facts
 from pytest_gpuhost.facts.toolkit import gather_toolkit
-from pytest_gpuhost.hosts import remote_shell
+from pytest_gpuhost.hosts import prefetch, remote_shell, workers
 from pytest_gpuhost.hosts.batch import Reads, batched
 from pytest_gpuhost.hosts.host import LocalHost
 from pytest_gpuhost.hosts.remote import TestinfraHost, control_path
+from pytest_gpuhost.stash import SESSION_KEY
 
 
 class Exchanges:
@@ -172,6 +174,53 @@ def test_an_answer_is_handed_out_once_and_never_outlives_its_block(
         assert host.read_text(path) == "changed\n"  # asked again
         (tree / "empty").write_text("now full\n")
     assert host.read_text(str(tree / "empty")) == "now full\n"  # the unused answer was dropped
+
+
+def test_a_batch_inside_a_batch_asks_only_what_the_outer_one_did_not(
+    node: tuple[TestinfraHost, Exchanges], tree: Path
+) -> None:
+    """The prefetch asks a host's declared reads first; a fact module's own batch inside it must
+    not ask them again, and what the inner block leaves stays for the outer one."""
+    host, exchanges = node
+    text, empty = str(tree / "text"), str(tree / "empty")
+    before = exchanges.total
+    with batched(host, Reads(files=(text, empty))):
+        with batched(host, Reads(files=(text,))):  # all answered already: no round trip
+            assert exchanges.total == before + 1
+            assert host.read_text(text) == "line one\nline two\n"
+        with batched(host, Reads(files=(empty,), paths=(text,))):  # one question left to ask
+            assert exchanges.total == before + 2
+        assert host.read_text(empty) == ""  # the outer batch's answer outlived the inner blocks
+        assert exchanges.total == before + 2
+
+
+def test_a_host_s_prefetch_asks_the_declared_reads_in_its_first_round_trip(
+    node: tuple[TestinfraHost, Exchanges], tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two fixtures that read files one after the other cost the host one round trip, not two."""
+    host, exchanges = node
+    session: Any = types.SimpleNamespace(
+        host_named=lambda name: host, settings=types.SimpleNamespace(timeout=10.0)
+    )
+    stash = pytest.Stash()
+    stash[SESSION_KEY] = session
+    fake_config: Any = types.SimpleNamespace(stash=stash, add_cleanup=lambda fn: None)
+    monkeypatch.setattr(prefetch, "WARMERS", {})
+    monkeypatch.setattr(prefetch, "READS", {})
+
+    def reading(path: Path) -> tuple[Any, Any]:
+        """A fixture's computation that reads ``path``, and its declared reads."""
+        return (lambda cfg, name: host.read_text(str(path))), (lambda h, timeout: Reads(files=(str(path),)))
+
+    for name, path in (("text_fixture", tree / "text"), ("empty_fixture", tree / "empty")):
+        prefetch.register(name, *reading(path))
+    before = exchanges.total
+    work = {"node1": ["text_fixture", "empty_fixture"], "node2": []}
+    prefetch.finish(fake_config, prefetch.warm(fake_config, work), interrupted=False)
+    assert exchanges.total == before + 1
+    assert prefetch.value(fake_config, "text_fixture", "node1", lambda: "again") == "line one\nline two\n"
+    assert prefetch.value(fake_config, "empty_fixture", "node1", lambda: "again") == ""
+    workers.close(fake_config)
 
 
 def test_another_thread_asks_the_host_itself(node: tuple[TestinfraHost, Exchanges], tree: Path) -> None:

@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_gpuhost.facts.docker_engine import EngineFacts
+from pytest_gpuhost.hosts.batch import Reads, command
 from pytest_gpuhost.hosts.host import Host
 
 SECTION = "== gpuhost:"
+LOGIN_IDS = ("sh", "-c", "id -un; id -u; id -G")  # the SSH login's name, uid and groups
 KIB = 1024
 MIB = 1024 * KIB
 GIB = 1024 * MIB
@@ -285,12 +287,19 @@ class LoginUser:
     @classmethod
     def on_host(cls, host: Host, timeout: float) -> LoginUser:
         """The SSH login's ids, from ``id`` on the host."""
-        result = host.run(["sh", "-c", "id -un; id -u; id -G"], timeout=timeout)
+        result = host.run(list(LOGIN_IDS), timeout=timeout)
         lines = result.stdout.split("\n") if result.ok else []
         if len(lines) < 3 or not lines[1].strip().isdigit():
             return cls(f"unknown ({result.describe()})", None, (), host.name)
         groups = tuple(int(g) for g in lines[2].split() if g.isdigit())
         return cls(lines[0].strip(), int(lines[1]), groups, host.name)
+
+
+def login_reads(host: Host, timeout: float) -> Reads:
+    """What ``LoginUser.on_host`` asks a remote host (nothing of the local one)."""
+    from pytest_gpuhost.hosts.remote import is_remote
+
+    return command(LOGIN_IDS, timeout) if is_remote(host) else Reads()
 
 
 def access_path(uid: int, groups: Collection[int], engine: EngineFacts) -> AccessPath:

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 from pytest_gpuhost.facts.system import DRIVER_VERSION_FILE, parse_module_version
+from pytest_gpuhost.hosts.batch import Reads
 from pytest_gpuhost.hosts.host import Host
 
 REBOOT_REQUIRED = "/var/run/reboot-required"
@@ -54,6 +55,11 @@ class ModuleFacts:
     @property
     def mismatch(self) -> bool:
         return bool(self.loaded and self.installed and self.loaded != self.installed)
+
+
+def reboot_reads(host: Host, timeout: float) -> Reads:
+    """What ``read_reboot`` asks (the package list only matters when the flag exists)."""
+    return Reads(files=(REBOOT_REQUIRED, REBOOT_PACKAGES))
 
 
 def read_reboot(host: Host) -> RebootFacts:

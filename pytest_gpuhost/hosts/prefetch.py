@@ -19,12 +19,13 @@ import concurrent.futures
 import contextlib
 import functools
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
 from pytest_gpuhost.hosts import workers
+from pytest_gpuhost.hosts.batch import Reads, batched
 
 if TYPE_CHECKING:
     from pytest_gpuhost.hosts.host import Host
@@ -33,19 +34,36 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 # fixture name -> how to compute its value for (config, host name); the order is the order of work.
 WARMERS: dict[str, Callable[[pytest.Config, str], Any]] = {}
+# fixture name -> what its computation will ask of a host whatever the answers (host, timeout):
+# a host's prefetch asks all of its fixtures' reads in one round trip (hosts/batch.py).
+READS: dict[str, Callable[[Host, float], Reads]] = {}
 CACHE_KEY = pytest.StashKey[dict[tuple[str, str], tuple[bool, Any]]]()
 # (fixture, host) -> set once the prefetch has kept that value (or given up on it)
 PENDING_KEY = pytest.StashKey[dict[tuple[str, str], threading.Event]]()
 _worker = threading.local()  # .host: the host a prefetch thread works for
 
 
-def register(fixture: str, compute: Callable[[pytest.Config, str], Any]) -> None:
+def register(
+    fixture: str,
+    compute: Callable[[pytest.Config, str], Any],
+    reads: Callable[[Host, float], Reads] | None = None,
+) -> None:
+    """``compute`` is how the prefetch makes ``fixture``'s value; ``reads``, when given, is what
+    that will ask of the host in any case, asked for in the host's first round trip."""
     WARMERS.setdefault(fixture, compute)
+    if reads is not None:
+        READS.setdefault(fixture, reads)
 
 
-def reader_fixture(name: str, read: Callable[[Host, float], Any], doc: str) -> Any:
+def reader_fixture(
+    name: str,
+    read: Callable[[Host, float], Any],
+    doc: str,
+    reads: Callable[[Host, float], Reads] | None = None,
+) -> Any:
     """The session fixture ``name``: ``read(host, timeout)`` of the checked host, once per host
-    and prefetched for every host of a fleet. Assign it to a module attribute of that name."""
+    and prefetched for every host of a fleet (``reads`` as for ``register``). Assign it to a
+    module attribute of that name."""
 
     def prefetched(config: pytest.Config, host: str) -> Any:
         from pytest_gpuhost.stash import SESSION_KEY
@@ -53,7 +71,7 @@ def reader_fixture(name: str, read: Callable[[Host, float], Any], doc: str) -> A
         session = config.stash[SESSION_KEY]
         return read(session.host_named(host), session.settings.timeout)
 
-    register(name, prefetched)
+    register(name, prefetched, reads)
 
     def fixture(pytestconfig: pytest.Config, gpuhost_host: Host, gpuhost_settings: Settings) -> Any:
         return value(
@@ -87,6 +105,15 @@ def value(config: pytest.Config, fixture: str, host: str, compute: Callable[[], 
     return result  # type: ignore[no-any-return]
 
 
+def wait_for(config: pytest.Config, fixture: str, host: str) -> None:
+    """Return once the prefetch has made (or given up on) ``fixture`` for ``host``; at once when
+    nothing is pending or this is the host's own prefetch thread. For a value that ``fixture``'s
+    computation makes on the way (the Docker connection of the engine's facts)."""
+    pending = config.stash.get(PENDING_KEY, {}).get((fixture, host))
+    if pending is not None and getattr(_worker, "host", None) != host:
+        pending.wait()
+
+
 def plan(items: Iterable[pytest.Item], target_of: Callable[[pytest.Item], str]) -> dict[str, list[str]]:
     """Per host, the registered fixtures its selected checks use, in registration order."""
     wanted: dict[str, set[str]] = {}
@@ -112,12 +139,13 @@ def warm(
     def one_host(host: str) -> None:
         _worker.host = host
         try:
-            for fixture in work[host]:
-                compute = functools.partial(WARMERS[fixture], config, host)
-                # A failure is kept in the cache: the check that uses the fixture reports it.
-                with contextlib.suppress(Exception, pytest.skip.Exception, pytest.fail.Exception):
-                    value(config, fixture, host, compute)
-                pending[(fixture, host)].set()
+            with _first_round_trip(config, host, work[host]):
+                for fixture in work[host]:
+                    compute = functools.partial(WARMERS[fixture], config, host)
+                    # A failure is kept in the cache: the check that uses the fixture reports it.
+                    with contextlib.suppress(Exception, pytest.skip.Exception, pytest.fail.Exception):
+                        value(config, fixture, host, compute)
+                    pending[(fixture, host)].set()
         finally:
             _worker.host = None  # the thread serves other work of the run next
             for fixture in work[host]:  # whatever ended the thread, no fixture waits for it
@@ -125,6 +153,26 @@ def warm(
 
     pool = workers.host_pool(config, len(work))
     return [pool.submit(one_host, host) for host in work]  # in the order the checks will ask
+
+
+@contextlib.contextmanager
+def _first_round_trip(config: pytest.Config, name: str, fixtures: Sequence[str]) -> Iterator[None]:
+    """Within the block, the reads that ``fixtures`` declared come from one round trip to the
+    host: each would otherwise be a round trip of its own, one after the other."""
+    from pytest_gpuhost.stash import SESSION_KEY
+
+    session = config.stash.get(SESSION_KEY, None)
+    declared = [READS[fixture] for fixture in fixtures if fixture in READS]
+    if session is None or not declared:
+        yield
+        return
+    host, timeout = session.host_named(name), session.settings.timeout
+    reads = Reads()
+    with contextlib.suppress(Exception):  # a read that cannot be named is asked on its own
+        for reads_of in declared:
+            reads += reads_of(host, timeout)
+    with batched(host, reads):
+        yield
 
 
 def finish(

@@ -111,13 +111,15 @@ class TestinfraHost:
         id for ``drop_preloaded``, or None when this host asks one question at a time."""
         if self.shell is None or not self.connected or _interrupted.is_set():
             return None
-        wanted = batch_items(reads, self._command)
+        kept = self._preloaded.setdefault(threading.get_ident(), {})
+        wanted = [item for item in batch_items(reads, self._command) if item.key not in kept]
+        if not wanted:  # an enclosing batch of this thread holds every answer
+            return None
         budget = sum(item.seconds for item in wanted) + CONNECT_GRACE
         try:
             answers = self.shell.run_many([item.remote for item in wanted], budget)
         except (remote_shell.ShellGone, remote_shell.Deadline):
             return None  # each read asks on its own (through testinfra if the shell ended)
-        kept = self._preloaded.setdefault(threading.get_ident(), {})
         self._batches += 1
         for item, (rc, stdout, stderr) in zip(wanted, answers, strict=True):
             kept[item.key] = (self._batches, command_result(item.argv, rc, _text(stdout), _text(stderr)))

@@ -118,9 +118,14 @@ SOCKET_SCRIPT = (
 )
 
 
+def socket_path_command() -> list[str]:
+    """What ``remote_socket_path`` runs on the host."""
+    return ["sh", "-c", SOCKET_SCRIPT]
+
+
 def remote_socket_path(host: Host, timeout: float) -> str:
     """The socket the host's own docker CLI would use (its current context), else the default."""
-    result = host.run(["sh", "-c", SOCKET_SCRIPT], timeout=timeout)
+    result = host.run(socket_path_command(), timeout=timeout)
     endpoint = result.stdout.strip() if result.ok else ""
     return endpoint.removeprefix("unix://") if endpoint.startswith("unix://") else DEFAULT_REMOTE_SOCKET
 
