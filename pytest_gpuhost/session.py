@@ -199,6 +199,8 @@ class GpuhostSession:
     def gather_all(self) -> None:
         """Every host's facts, gathered in parallel: a fleet's collection waits for the slowest only."""
         missing = [h.name for h in self.hosts if h.name not in self._facts_by_host]
+        if missing and self.fleet:
+            workers.import_ahead(self.config, len(self.hosts))  # while the hosts answer
         if len(missing) > 1:
             pool = workers.host_pool(self.config, len(self.hosts))
             futures = [pool.submit(self.facts_for, name) for name in missing]

@@ -7,11 +7,16 @@ checks run waits for a GIL hand-off from every busy thread before it runs (5 ms 
 
 from __future__ import annotations
 
+import importlib
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 MAX_THREADS = 64
+# Imported on first use by every host's thread at once (the docker SDK and requests: 0.1 s of
+# CPU, with the import lock held); while the hosts' first answers are awaited the GIL is idle.
+IMPORT_AHEAD = ("docker",)
 POOL_KEY = pytest.StashKey[ThreadPoolExecutor]()
 
 
@@ -37,3 +42,13 @@ def close(config: pytest.Config) -> None:
     if pool is not None:
         del config.stash[POOL_KEY]
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+def import_ahead(config: pytest.Config, hosts: int) -> None:
+    """Start importing ``IMPORT_AHEAD`` in the run's pool and return at once. An import that
+    fails is left for its first real use to report."""
+    missing = [name for name in IMPORT_AHEAD if name not in sys.modules]
+    if missing:
+        pool = host_pool(config, hosts + 1)  # a thread for the import beside each host's
+        for name in missing:
+            pool.submit(importlib.import_module, name)
