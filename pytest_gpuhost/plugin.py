@@ -6,15 +6,27 @@ Everything that imports docker, pynvml or the suite's machinery lives in
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from pytest_gpuhost.options import UsageError, add_options, is_enabled, register_markers
+
+ENTRY_POINT = "gpuhost"  # the pytest11 entry point's name (pyproject.toml), what -p no: takes
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     from pytest_gpuhost import hookspecs
 
     pluginmanager.add_hookspecs(hookspecs)
+
+
+def pytest_plugin_registered(plugin: object, manager: pytest.PytestPluginManager) -> None:
+    """``-p pytest_gpuhost.plugin`` registers this module under that name before the entry points
+    load, and pytest would then register it again as ``gpuhost`` and stop with a ValueError
+    traceback. The entry point is skipped instead: this module is already loaded."""
+    if plugin is sys.modules[__name__] and manager.get_plugin(ENTRY_POINT) is None:
+        manager.set_blocked(ENTRY_POINT)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -239,6 +239,17 @@ def test_entry_point_name_is_gpuhost(gpuhost_pytester: GpuhostPytester) -> None:
     disabled.stderr.fnmatch_lines(["*unrecognized arguments: --gpuhost*"])
 
 
+def test_loading_the_module_by_name_as_well_is_not_a_traceback(gpuhost_pytester: GpuhostPytester) -> None:
+    """``-p pytest_gpuhost.plugin`` with the package installed: pytest used to register the module
+    a second time under its entry point and stop with "Plugin already registered"."""
+    gpuhost_pytester.setup("h100")
+    result = gpuhost_pytester.run_plain(
+        "-p", "pytest_gpuhost.plugin", "--gpuhost-tier", "quick", "-k", "step_1_1", autoload=True
+    )
+    result.assert_outcomes(passed=1)
+    assert "already registered" not in result.stdout.str() + result.stderr.str()
+
+
 # -- collection ---------------------------------------------------------------------------------
 
 PRINT_ITEM_PATHS = """
