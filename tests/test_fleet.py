@@ -573,3 +573,15 @@ def test_a_tunnel_whose_folder_vanishes_is_a_diagnosis(lab: SshLab) -> None:
     with pytest.raises(TunnelError) as failure:
         tunnel.open(timeout=10)
     assert f"node1: the tunnel's folder {tunnel.directory} was removed" in failure.value.diagnosis.found
+
+
+def test_a_tunnel_without_an_ssh_client_is_a_diagnosis() -> None:
+    fake = FakeTestinfra({})
+    tunnel = DockerTunnel(
+        TestinfraHost(fake, "node1", "ssh://node1"), ["/nonexistent/ssh", "node1"], "/var/run/docker.sock"
+    )
+    with pytest.raises(TunnelError) as failure:
+        tunnel.open(timeout=5)
+    assert failure.value.diagnosis.found.startswith("node1: the SSH client cannot start")
+    assert "openssh-client" in failure.value.diagnosis.fix
+    assert not Path(tunnel.directory).exists()

@@ -20,9 +20,8 @@ from pytest_gpuhost.timeouts import NativeCallTimeout, call_with_timeout
 if TYPE_CHECKING:
     import docker
 
-PROBE_API_VERSION = (
-    "1.41"  # any fixed version: the probe's calls are unversioned, and a fixed one is never negotiated
-)
+# Any fixed version: the probe's calls are unversioned, and a fixed one is never negotiated.
+PROBE_API_VERSION = "1.41"
 
 
 class DockerUnavailable(Exception):

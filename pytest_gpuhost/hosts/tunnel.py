@@ -208,31 +208,9 @@ class DockerTunnel:
                     stderr=err,
                     start_new_session=True,
                 )
-        except FileNotFoundError as exc:
-            self.close()
-            missing = exc.filename == self._stderr_path
-            raise TunnelError(
-                Diagnosis(
-                    f"{self.host.name}: the tunnel's folder {self.directory} was removed as it opened"
-                    if missing
-                    else f"{self.host.name}: the SSH client cannot start: {exc}",
-                    "something else cleans this temporary directory while pytest runs"
-                    if missing
-                    else "the Docker tunnel to a remote host uses OpenSSH's `ssh` on this machine",
-                    f"keep cleaners off {FOLDER_PREFIX}* folders in {_socket_dir()}, or set TMPDIR"
-                    if missing
-                    else "install the OpenSSH client (`apt-get install openssh-client`)",
-                )
-            ) from None
         except OSError as exc:
             self.close()
-            raise TunnelError(
-                Diagnosis(
-                    f"{self.host.name}: the Docker tunnel cannot start: {exc}",
-                    f"the tunnel keeps its socket and ssh's messages in {_socket_dir()}",
-                    "free space or file handles there (`df -h /tmp`, `ulimit -n`), or set TMPDIR",
-                )
-            ) from None
+            raise TunnelError(self._start_failure(exc)) from None
         deadline = time.monotonic() + timeout
         while not os.path.exists(self.local_socket):
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -243,6 +221,26 @@ class DockerTunnel:
                 raise TunnelError(diagnose_connection(self.host, error))
             time.sleep(0.02)
         return self.url
+
+    def _start_failure(self, exc: OSError) -> Diagnosis:
+        """Why the tunnel's own ssh could not be started."""
+        if exc.filename == self._stderr_path:
+            return Diagnosis(
+                f"{self.host.name}: the tunnel's folder {self.directory} was removed as it opened",
+                "something else cleans this temporary directory while pytest runs",
+                f"keep cleaners off {FOLDER_PREFIX}* folders in {_socket_dir()}, or set TMPDIR",
+            )
+        if isinstance(exc, FileNotFoundError):
+            return Diagnosis(
+                f"{self.host.name}: the SSH client cannot start: {exc}",
+                "the Docker tunnel to a remote host uses OpenSSH's `ssh` on this machine",
+                "install the OpenSSH client (`apt-get install openssh-client`)",
+            )
+        return Diagnosis(
+            f"{self.host.name}: the Docker tunnel cannot start: {exc}",
+            f"the tunnel keeps its socket and ssh's messages in {_socket_dir()}",
+            "free space or file handles there (`df -h /tmp`, `ulimit -n`), or set TMPDIR",
+        )
 
     def _master_command(self, command: str) -> list[str] | None:
         """``ssh -O forward`` or ``-O cancel`` of this forwarding; None without a master."""
