@@ -32,7 +32,7 @@ from pytest_gpuhost.docker.errors import (
 from pytest_gpuhost.docker.images import ImageUnavailable
 from pytest_gpuhost.docker.images import ensure_image as ensure_present
 from pytest_gpuhost.facts.model import GpuInfo
-from pytest_gpuhost.hosts.host import Host
+from pytest_gpuhost.hosts.host import Host, pid_alive
 
 if TYPE_CHECKING:
     import docker
@@ -445,16 +445,6 @@ def _remove(container: Container) -> bool:
     return True
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def session_is_live(hostname: str | None, pid: str | None, running: bool) -> bool:
     """Whether another session may still own something labelled with ``hostname`` and ``pid``.
 
@@ -462,7 +452,7 @@ def session_is_live(hostname: str | None, pid: str | None, running: bool) -> boo
     places) liveness cannot be seen: what still runs is kept; a workload ends at its own deadline.
     """
     if hostname == socket.gethostname():
-        return bool(pid and pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)))
+        return bool(pid and pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid)))
     return running
 
 

@@ -134,6 +134,17 @@ class LocalHost:
             return None
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process of that number runs on this machine (another user's counts too)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process by that number
+        return True
+    return True
+
+
 def end_process_group(process: subprocess.Popen[Any], grace_s: float = 5.0) -> None:
     """SIGTERM a process started with ``start_new_session=True`` and its children, SIGKILL them
     after ``grace_s``, and reap it."""

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pytest_gpuhost.diagnosis import Diagnosis
-from pytest_gpuhost.hosts.host import Host, end_process_group
+from pytest_gpuhost.hosts.host import Host, end_process_group, pid_alive
 
 DEFAULT_REMOTE_SOCKET = "/var/run/docker.sock"
 SSH_BACKENDS = ("ssh", "safe-ssh", "paramiko")
@@ -338,12 +338,8 @@ def _maker_alive(folder: str) -> bool:
         return False
     if int(pid) == os.getpid():
         return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
+    if not pid_alive(int(pid)):
         return False
-    except PermissionError:  # another user's process by that number
-        return True
     try:  # a zombie is a killed pytest whose parent has not reaped it yet
         with open(f"/proc/{pid}/stat") as stat:
             return stat.read().rpartition(")")[2].split()[0] != "Z"
