@@ -287,7 +287,7 @@ class LoginUser:
     @classmethod
     def on_host(cls, host: Host, timeout: float) -> LoginUser:
         """The SSH login's ids, from ``id`` on the host."""
-        result = host.run(list(LOGIN_IDS), timeout=timeout)
+        result = host.run(LOGIN_IDS, timeout=timeout)
         lines = result.stdout.split("\n") if result.ok else []
         if len(lines) < 3 or not lines[1].strip().isdigit():
             return cls(f"unknown ({result.describe()})", None, (), host.name)

@@ -87,9 +87,8 @@ def value(config: pytest.Config, fixture: str, host: str, compute: Callable[[], 
     """The prefetched value of ``fixture`` for ``host``, else ``compute()`` now (and kept)."""
     cache = config.stash.setdefault(CACHE_KEY, {})
     found = cache.get((fixture, host))
-    pending = config.stash.get(PENDING_KEY, {}).get((fixture, host))
-    if found is None and pending is not None and getattr(_worker, "host", None) != host:
-        pending.wait()  # the host's own thread never waits for itself: it computes in order
+    if found is None:
+        wait_for(config, fixture, host)
         found = cache.get((fixture, host))
     if found is None:
         try:
@@ -107,8 +106,9 @@ def value(config: pytest.Config, fixture: str, host: str, compute: Callable[[], 
 
 def wait_for(config: pytest.Config, fixture: str, host: str) -> None:
     """Return once the prefetch has made (or given up on) ``fixture`` for ``host``; at once when
-    nothing is pending or this is the host's own prefetch thread. For a value that ``fixture``'s
-    computation makes on the way (the Docker connection of the engine's facts)."""
+    nothing is pending or this is the host's own prefetch thread, which never waits for itself:
+    it computes in order. Also for a value that ``fixture``'s computation makes on the way (the
+    Docker connection of the engine's facts)."""
     pending = config.stash.get(PENDING_KEY, {}).get((fixture, host))
     if pending is not None and getattr(_worker, "host", None) != host:
         pending.wait()

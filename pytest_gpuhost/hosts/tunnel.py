@@ -116,16 +116,12 @@ SOCKET_SCRIPT = (
     '! grep -qs currentContext "${DOCKER_CONFIG:-$HOME/.docker}/config.json" && exit 3; '
     "exec docker context inspect --format '{{.Endpoints.docker.Host}}'"
 )
-
-
-def socket_path_command() -> list[str]:
-    """What ``remote_socket_path`` runs on the host."""
-    return ["sh", "-c", SOCKET_SCRIPT]
+SOCKET_COMMAND = ("sh", "-c", SOCKET_SCRIPT)  # what remote_socket_path runs on the host
 
 
 def remote_socket_path(host: Host, timeout: float) -> str:
     """The socket the host's own docker CLI would use (its current context), else the default."""
-    result = host.run(socket_path_command(), timeout=timeout)
+    result = host.run(SOCKET_COMMAND, timeout=timeout)
     endpoint = result.stdout.strip() if result.ok else ""
     return endpoint.removeprefix("unix://") if endpoint.startswith("unix://") else DEFAULT_REMOTE_SOCKET
 
