@@ -258,6 +258,26 @@ def test_a_host_silent_at_first_contact_is_a_deadline() -> None:
     assert shell.dead and shell.process is None
 
 
+class ReadyAfterFirstCommand(HereBackend):
+    """A host that says it is ready only once the first command has come: a client that waited
+    for the ready line before sending it would wait for ever."""
+
+    def _build_ssh_command(self, command: str) -> tuple[list[str], list[str]]:
+        # The token, the command and its end line are read here first, then handed to the loop.
+        held = 'IFS= read -r t; IFS= read -r c; IFS= read -r e; { printf "%%s\\n" "$t" "$c" "$e"; exec cat; }'
+        return [held + " | sh -c %s"], [command]
+
+
+def test_the_first_command_goes_with_the_token_not_after_the_ready_line() -> None:
+    """The first contact is one round trip: the shell's start and its first command."""
+    shell = remote_shell.RemoteShell(ReadyAfterFirstCommand())
+    try:
+        assert shell.run("echo first", timeout=5) == (0, b"first\n", b"")
+        assert shell.run("echo second", timeout=5) == (0, b"second\n", b"")
+    finally:
+        shell.close()
+
+
 def test_the_shell_runs_here_as_on_a_host() -> None:
     """The loop itself, without SSH: exit status, both outputs, and the next command in step."""
     shell = remote_shell.RemoteShell(HereBackend())

@@ -11,8 +11,8 @@ marker line, its stderr (kept in a file: empty, it costs no process) and a line 
 status. The markers carry a random token the shell reads from its stdin, so it is in no command
 line that other users of the host could read with `ps`.
 
-The host's first command starts the shell, so the first contact is one ssh, not two; ssh's stderr
-is kept, and an ssh that fails there (exit status 255) is ``SshFailed`` with its own words, from
+The host's first command starts the shell and goes with the token, before the shell says it is
+ready: the first contact is one ssh, not two, and one round trip, not two; ssh's stderr is kept, and an ssh that fails there (exit status 255) is ``SshFailed`` with its own words, from
 which an unreachable host is diagnosed as from testinfra's. A host silent at first contact is a
 ``Deadline`` of that first command. Anything else unexpected (the shell does not start, ends,
 sends something else, or a command outlives its deadline) ends the shell for good and hands that
@@ -122,9 +122,11 @@ class RemoteShell:
         cmd, args = self.backend._build_ssh_command(remote)
         return str(" ".join(cmd) % tuple(shlex.quote(str(a)) for a in args))
 
-    def start(self, deadline: float) -> subprocess.Popen[bytes]:
-        """Start the shell; ``Deadline`` if its first line did not come by ``deadline`` (the
-        host's first contact: nothing else would answer sooner), ``SshFailed`` if ssh failed."""
+    def start(self, deadline: float, first: bytes = b"") -> subprocess.Popen[bytes]:
+        """Start the shell and send it ``first`` (a framed command) at once, without waiting
+        for its ready line: on a distant host that wait is a round trip. ``Deadline`` if the
+        ready line did not come by ``deadline`` (the host's first contact: nothing else would
+        answer sooner), ``SshFailed`` if ssh failed."""
         self.errors = tempfile.TemporaryFile()  # noqa: SIM115 - ssh's stderr, kept until close()
         try:
             self.process = process = subprocess.Popen(
@@ -144,7 +146,7 @@ class RemoteShell:
             raise ShellGone(f"the remote shell cannot start: {exc}") from None
         try:
             assert process.stdin is not None
-            process.stdin.write(f"{self.token}\n".encode())
+            process.stdin.write(f"{self.token}\n".encode() + first)
             process.stdin.flush()
             line = self._read_line(process, deadline)
         except (OSError, ValueError, ShellGone):
@@ -181,16 +183,18 @@ class RemoteShell:
             raise ShellGone("busy or ended")  # a second thread on this host: testinfra runs it
         process = self.process
         deadline = time.monotonic() + timeout
+        framed = f"{command}\n{self.token}\n".encode()
         try:
             if process is None:
-                process = self.start(deadline)
-            if process.stdin is None or self.dead:  # closed by another thread meanwhile
-                raise ShellGone("ended")
-            try:
-                process.stdin.write(f"{command}\n{self.token}\n".encode())
-                process.stdin.flush()
-            except (OSError, ValueError) as exc:  # ValueError: another thread closed it
-                raise ShellGone(f"the remote shell ended: {exc}") from None
+                process = self.start(deadline, framed)
+            else:
+                if process.stdin is None or self.dead:  # closed by another thread meanwhile
+                    raise ShellGone("ended")
+                try:
+                    process.stdin.write(framed)
+                    process.stdin.flush()
+                except (OSError, ValueError) as exc:  # ValueError: another thread closed it
+                    raise ShellGone(f"the remote shell ended: {exc}") from None
             answers = [self._answer(process, deadline, ITEM_TAG) for _ in range(items)]
             answers.append(self._answer(process, deadline, ""))
             return answers
