@@ -25,6 +25,7 @@ from pytest_gpuhost.facts.gather import gather_host_facts
 from pytest_gpuhost.facts.model import GpuInfo, HostFacts
 from pytest_gpuhost.facts.selection import select_gpus
 from pytest_gpuhost.hosts import remote, workers
+from pytest_gpuhost.hosts.batch import Reads
 from pytest_gpuhost.hosts.host import Host, LocalHost
 from pytest_gpuhost.hosts.remote import (
     CHECK_REACHABLE,
@@ -113,6 +114,7 @@ class GpuhostSession:
         from pytest_gpuhost.fixtures import hardware as hardware_fixtures
         from pytest_gpuhost.fixtures import health as health_fixtures
         from pytest_gpuhost.fixtures import host as fixtures
+        from pytest_gpuhost.fixtures import maintenance as maintenance_fixtures
         from pytest_gpuhost.fixtures import report as report_fixtures
         from pytest_gpuhost.fixtures import runtimes as runtime_fixtures
         from pytest_gpuhost.fixtures import stray_load
@@ -147,6 +149,7 @@ class GpuhostSession:
             container_fixtures,
             docker_fixtures,
             health_fixtures,
+            maintenance_fixtures,
             report_fixtures,
             runtime_fixtures,
             workload_fixtures,
@@ -192,9 +195,21 @@ class GpuhostSession:
             self.unreachable[host.name] = diagnosis  # test_host_reachable reports it
             return unreachable_facts(host.name, reachable)
         # NVML answers for the machine pytest runs on only: remote GPUs are read with nvidia-smi.
-        facts = gather_host_facts(host, self.settings.timeout, use_nvml=not is_remote(host))
+        facts = gather_host_facts(
+            host, self.settings.timeout, use_nvml=not is_remote(host), ahead=self._prefetch_reads(host)
+        )
         facts.preconditions["reachable"] = reachable
         return facts
+
+    def _prefetch_reads(self, host: Host) -> Reads | None:
+        """What this host's prefetch will ask first, when this process prefetches (a fleet's checks
+        run here, not in pytest-xdist's workers): the facts' round trip carries it, one less."""
+        from pytest_gpuhost.hosts import prefetch
+
+        config = self.config
+        if len(self.hosts) < 2 or config.option.collectonly or config.pluginmanager.has_plugin("dsession"):
+            return None
+        return prefetch.declared_reads(host, self.settings.timeout)
 
     def gather_all(self) -> None:
         """Every host's facts, gathered in parallel: a fleet's collection waits for the slowest only."""

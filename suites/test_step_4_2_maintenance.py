@@ -24,10 +24,9 @@ from pytest_gpuhost.criteria.maintenance import (
 )
 from pytest_gpuhost.diagnosis import fail, report_verdict
 from pytest_gpuhost.facts.docker_engine import EngineFacts
-from pytest_gpuhost.facts.maintenance import ModuleFacts, RebootFacts, read_modules, read_reboot, reboot_reads
+from pytest_gpuhost.facts.maintenance import ModuleFacts, RebootFacts
 from pytest_gpuhost.facts.model import HostFacts
 from pytest_gpuhost.facts.toolkit import ToolkitFacts
-from pytest_gpuhost.hosts import prefetch
 from pytest_gpuhost.settings import Settings
 
 pytestmark = pytest.mark.gpuhost_quick
@@ -51,17 +50,6 @@ def table_or_skip(advisories: AdvisoryTable | AdvisoryTableError) -> AdvisoryTab
     if isinstance(advisories, AdvisoryTableError):
         pytest.skip(f"needs the advisory table: {CHECK_TABLE} failed: {advisories}")
     return advisories
-
-
-gpuhost_reboot = prefetch.reader_fixture(
-    "gpuhost_reboot",
-    lambda host, timeout: read_reboot(host),
-    "Whether the host asks for a reboot.",
-    reboot_reads,
-)
-gpuhost_driver_modules = prefetch.reader_fixture(
-    "gpuhost_driver_modules", read_modules, "The nvidia kernel modules installed and loaded."
-)
 
 
 def test_advisory_table_current(

@@ -223,6 +223,63 @@ def test_a_host_s_prefetch_asks_the_declared_reads_in_its_first_round_trip(
     workers.close(fake_config)
 
 
+def test_reads_asked_ahead_answer_the_one_later_batch_that_takes_them(
+    node: tuple[TestinfraHost, Exchanges], tree: Path
+) -> None:
+    """A fleet host's facts carry its prefetch's first reads: the prefetch, in another thread,
+    asks the host nothing for them. They are taken once, and only by a batch that says so."""
+    host, exchanges = node
+    text, empty, link = str(tree / "text"), str(tree / "empty"), str(tree / "link")
+    before = exchanges.total
+    with batched(host, Reads(files=(text,)), ahead=Reads(files=(text, empty), links=(link,))):
+        assert host.read_text(text) == "line one\nline two\n"
+        assert host.read_text(empty) is not None and exchanges.total == before + 2  # not this block's
+    (tree / "text").write_text("changed\n")
+    with batched(host, Reads(files=(text,))):  # does not take them: asks the host
+        assert host.read_text(text) == "changed\n"
+    assert exchanges.total == before + 3
+    seen: list[Any] = []
+
+    def later() -> None:
+        with batched(host, Reads(files=(text, empty)), take_ahead=True):
+            seen.extend([host.read_text(text), host.read_text(empty), exchanges.total])
+
+    thread = threading.Thread(target=later)
+    thread.start()
+    thread.join()
+    assert seen == ["line one\nline two\n", "", before + 3]  # as read ahead, with no round trip
+    with batched(host, Reads(links=(link,)), take_ahead=True):  # taken already: asked now
+        assert host.readlink(link) == "text"
+    assert exchanges.total == before + 4
+
+
+def test_a_fleet_host_s_facts_carry_its_prefetch_s_first_reads(
+    node: tuple[TestinfraHost, Exchanges], tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The facts' round trip asks what the prefetch declared; the prefetch then costs none."""
+    host, exchanges = node
+    session: Any = types.SimpleNamespace(
+        host_named=lambda name: host, settings=types.SimpleNamespace(timeout=10.0)
+    )
+    stash = pytest.Stash()
+    stash[SESSION_KEY] = session
+    fake_config: Any = types.SimpleNamespace(stash=stash, add_cleanup=lambda fn: None)
+    monkeypatch.setattr(prefetch, "WARMERS", {})
+    monkeypatch.setattr(prefetch, "READS", {})
+    path = str(tree / "text")
+    prefetch.register(
+        "text_fixture", lambda cfg, name: host.read_text(path), lambda h, t: Reads(files=(path,))
+    )
+    before = exchanges.total
+    gather_host_facts(host, 10.0, use_nvml=False, ahead=prefetch.declared_reads(host, 10.0))
+    assert exchanges.total == before + 1
+    work = {"node1": ["text_fixture"], "node2": []}
+    prefetch.finish(fake_config, prefetch.warm(fake_config, work), interrupted=False)
+    assert exchanges.total == before + 1
+    assert prefetch.value(fake_config, "text_fixture", "node1", lambda: "again") == "line one\nline two\n"
+    workers.close(fake_config)
+
+
 def test_another_thread_asks_the_host_itself(node: tuple[TestinfraHost, Exchanges], tree: Path) -> None:
     host, _ = node
     path = str(tree / "text")
@@ -291,7 +348,7 @@ def test_facts_gathered_in_batches_are_the_facts_of_single_questions(
     batched_toolkit = gather_toolkit(host, 10.0)
     batched_daemons = list_daemon_processes(host)
     asked = exchanges.total - before
-    monkeypatch.setattr(TestinfraHost, "preload", lambda self, reads: None)
+    monkeypatch.setattr(TestinfraHost, "preload", lambda self, *asked: None)
     before = exchanges.total
     assert gather_host_facts(host, 10.0, use_nvml=False) == batched_facts
     assert gather_toolkit(host, 10.0) == batched_toolkit

@@ -355,6 +355,12 @@ def parse_engine(
     )
 
 
+def engine_reads(path: str | None, timeout: float) -> Reads:
+    """What ``gather_engine`` asks the host besides the daemon: the stat of its socket ``path``
+    and the pids of the Docker daemons."""
+    return command(socket_stat(path), timeout) + command(DAEMON_SCAN, 30) if path else Reads()
+
+
 def gather_engine(
     client: docker.DockerClient,
     host: Host,
@@ -372,8 +378,9 @@ def gather_engine(
         version = call_with_timeout(client.version, timeout, "docker version")
     info = call_with_timeout(client.info, timeout, "docker info")
     path = socket_path(docker_host)
-    asked = command(socket_stat(path), timeout) + command(DAEMON_SCAN, 30) if path else Reads()
-    with batched(host, asked):  # a remote host: the socket and the daemon's pid in one round trip
+    with batched(
+        host, engine_reads(path, timeout)
+    ):  # a remote host: the socket and the daemon's pid in one round trip
         return parse_engine(
             version,
             info,

@@ -9,7 +9,7 @@ from pytest_gpuhost.facts.model import GpuListing, HostFacts, KernelFacts, PciGp
 from pytest_gpuhost.facts.nvml import read_nvml
 from pytest_gpuhost.facts.smi import SMI_QUERY, read_smi
 from pytest_gpuhost.facts.system import REMOTE_READS, gather_kernel, scan_pci
-from pytest_gpuhost.hosts.batch import batched, command
+from pytest_gpuhost.hosts.batch import Reads, batched, command
 from pytest_gpuhost.hosts.host import Host
 
 # Each precondition is owned by the check that reports its failure; the checks that need it are
@@ -68,9 +68,11 @@ def gather_host_facts(
     timeout: float,
     nvml_loader: Callable[[], ModuleType] | None = None,
     use_nvml: bool = True,
+    ahead: Reads | None = None,
 ) -> HostFacts:
-    """All facts of steps 1.1 and 2.1 for ``host``. NVML is read only where pytest runs."""
-    with batched(host, REMOTE_READS + command(SMI_QUERY, timeout)):  # a remote host: one round trip
+    """All facts of steps 1.1 and 2.1 for ``host``. NVML is read only where pytest runs.
+    ``ahead``: what a later step will ask, carried by this round trip (``hosts.batch.batched``)."""
+    with batched(host, REMOTE_READS + command(SMI_QUERY, timeout), ahead):  # a remote host: one round trip
         pci = scan_pci(host)
         kernel = gather_kernel(host)
         if use_nvml:

@@ -55,10 +55,15 @@ def command(argv: Sequence[str], timeout: float = DEFAULT_COMMAND_TIMEOUT) -> Re
 
 
 @contextlib.contextmanager
-def batched(host: Host, reads: Reads) -> Iterator[None]:
-    """Within the block, ``host`` answers ``reads`` from one round trip where it can."""
+def batched(host: Host, reads: Reads, ahead: Reads | None = None, take_ahead: bool = False) -> Iterator[None]:
+    """Within the block, ``host`` answers ``reads`` from one round trip where it can.
+
+    ``ahead``: also asked in that round trip, for the host's next batch that says ``take_ahead``
+    (any thread's): what a later step will ask, carried by an earlier one. That batch takes them
+    all and uses those it asks for; a host that cannot batch asks them then, as ever."""
     preload = getattr(host, "preload", None)
-    batch = preload(reads) if callable(preload) and reads else None
+    asks = reads or ahead or take_ahead
+    batch = preload(reads, ahead, take_ahead) if callable(preload) and asks else None
     try:
         yield
     finally:

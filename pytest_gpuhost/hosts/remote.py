@@ -72,6 +72,9 @@ class TestinfraHost:
         # thread -> (what was asked, e.g. ("file", path)) -> (batch, answer): see preload
         self._preloaded: dict[int, dict[tuple[str, str], tuple[int, CommandResult]]] = {}
         self._batches = 0
+        # Answers asked ahead for a later batch of any thread (``preload``'s ``ahead``).
+        self._ahead: dict[tuple[str, str], CommandResult] = {}
+        self._ahead_lock = threading.Lock()
 
     def run(self, argv: Sequence[str], timeout: float = DEFAULT_COMMAND_TIMEOUT) -> CommandResult:
         args = tuple(argv)
@@ -106,23 +109,41 @@ class TestinfraHost:
 
     # -- batches (hosts/batch.py) -------------------------------------------------------------
 
-    def preload(self, reads: Reads) -> int | None:
+    def preload(self, reads: Reads, ahead: Reads | None = None, take_ahead: bool = False) -> int | None:
         """Answer ``reads`` in one round trip and keep the answers for this thread; the batch's
-        id for ``drop_preloaded``, or None when this host asks one question at a time."""
+        id for ``drop_preloaded``, or None when this host asks one question at a time.
+
+        ``ahead`` is asked in the same round trip for the one later batch that takes it
+        (``take_ahead``, in any thread): a fleet host's facts carry what its prefetch will ask
+        first, so that round trip is saved. A batch that takes them drops what it did not ask for.
+        """
         if self.shell is None or not self.connected or _interrupted.is_set():
             return None
         kept = self._preloaded.setdefault(threading.get_ident(), {})
-        wanted = [item for item in batch_items(reads, self._command) if item.key not in kept]
-        if not wanted:  # an enclosing batch of this thread holds every answer
-            return None
-        budget = sum(item.seconds for item in wanted) + CONNECT_GRACE
-        try:
-            answers = self.shell.run_many([item.remote for item in wanted], budget)
-        except (remote_shell.ShellGone, remote_shell.Deadline):
-            return None  # each read asks on its own (through testinfra if the shell ended)
+        taken: dict[tuple[str, str], CommandResult] = {}
+        if take_ahead:
+            with self._ahead_lock:
+                taken, self._ahead = self._ahead, {}
+        needed = [item for item in batch_items(reads, self._command) if item.key not in kept]
+        later = batch_items(ahead, self._command) if ahead else []
+        wanted = {item.key: item for item in [*needed, *later] if item.key not in taken}  # once each
+        answers = dict(taken)
+        if wanted:
+            budget = sum(item.seconds for item in wanted.values()) + CONNECT_GRACE
+            try:
+                results = self.shell.run_many([item.remote for item in wanted.values()], budget)
+            except (remote_shell.ShellGone, remote_shell.Deadline):
+                return None  # each read asks on its own (through testinfra if the shell ended)
+            for item, (rc, stdout, stderr) in zip(wanted.values(), results, strict=True):
+                answers[item.key] = command_result(item.argv, rc, _text(stdout), _text(stderr))
+        if later:
+            with self._ahead_lock:
+                self._ahead.update((item.key, answers[item.key]) for item in later)
+        if not needed:
+            return None  # an enclosing batch of this thread holds every answer
         self._batches += 1
-        for item, (rc, stdout, stderr) in zip(wanted, answers, strict=True):
-            kept[item.key] = (self._batches, command_result(item.argv, rc, _text(stdout), _text(stderr)))
+        for item in needed:
+            kept[item.key] = (self._batches, answers[item.key])
         return self._batches
 
     def drop_preloaded(self, batch: int) -> None:
