@@ -4,8 +4,8 @@
 socket, so the SDK talks to it exactly as to a local daemon: engine facts, containers, image
 builds and the sweep are the same code for both.
 
-The forwarding goes on the host's control master (``ssh -O forward``), the connection its
-commands already use: a second connection costs a key exchange, most of what a host costs a
+The forwarding goes on the host's control master, the connection its commands already use,
+asked over its control socket (``ssh_mux``; ``ssh -O forward`` where that fails): a second connection costs a key exchange, most of what a host costs a
 fleet run. Each connection through it is an SSH channel that closes with its socket here, so a
 workload's attach still ends with the process that holds it, even one killed with SIGKILL. The
 listener itself lives as long as the master: after a SIGKILL, until testinfra's
@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pytest_gpuhost.diagnosis import Diagnosis
+from pytest_gpuhost.hosts import ssh_mux
 from pytest_gpuhost.hosts.host import Host, end_process_group, pid_alive
 
 DEFAULT_REMOTE_SOCKET = "/var/run/docker.sock"
@@ -164,8 +165,10 @@ class DockerTunnel:
         base_argv: Sequence[str],
         remote_socket: str,
         master_argv: Sequence[str] | None = None,
+        control: str | None = None,
     ) -> None:
         self.host = host
+        self.control = control  # the master's control socket: asked directly (``ssh_mux``)
         self.remote_socket = remote_socket
         if _swept.acquire(blocking=False):  # once per process: a fleet's hosts open theirs at once
             remove_stale_tunnels(_socket_dir())
@@ -250,6 +253,14 @@ class DockerTunnel:
         argv = self._master_command("forward")
         if argv is None:
             return False
+        if self.control is not None:
+            try:
+                ssh_mux.open_forward(self.control, self.local_socket, self.remote_socket, max(timeout, 1.0))
+                self.on_master = os.path.exists(self.local_socket)
+                if self.on_master:
+                    return True
+            except ssh_mux.MuxError:
+                pass  # ssh itself may still get it done, and says why not
         try:
             done = subprocess.run(
                 argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=max(timeout, 1.0)
@@ -259,14 +270,21 @@ class DockerTunnel:
         self.on_master = done.returncode == 0 and os.path.exists(self.local_socket)
         return self.on_master
 
-    def _start_closing(self) -> subprocess.Popen[bytes] | None:
-        """Ask the master to cancel the forwarding (the answer is awaited by ``close_all``), or
-        close the own ssh's stdin, which ends the remote ``cat`` and then ssh."""
+    def _start_closing(self, deadline: float) -> subprocess.Popen[bytes] | None:
+        """Ask the master to cancel the forwarding (an ``ssh -O cancel`` is awaited by
+        ``close_all``), or close the own ssh's stdin, which ends the remote ``cat`` and then ssh."""
         if self.process is not None and self.process.stdin is not None:
             with contextlib.suppress(OSError):
                 self.process.stdin.close()
         argv = self._master_command("cancel") if self.on_master else None
-        self.on_master = False
+        on_master, self.on_master = self.on_master, False
+        if on_master and self.control is not None:
+            try:  # the master answers at once: no process to await
+                remaining = max(0.1, deadline - time.monotonic())
+                ssh_mux.close_forward(self.control, self.local_socket, self.remote_socket, remaining)
+                return None
+            except ssh_mux.MuxError:
+                pass
         if argv is None:
             return None
         try:
@@ -284,8 +302,8 @@ class DockerTunnel:
 def close_all(tunnels: Sequence[DockerTunnel], grace: float = 5.0) -> None:
     """Close every tunnel: all cancellations are asked for first, then awaited, so that a fleet's
     round trips overlap instead of adding up (``grace`` seconds in all)."""
-    cancels = [tunnel._start_closing() for tunnel in tunnels]
     deadline = time.monotonic() + grace
+    cancels = [tunnel._start_closing(deadline) for tunnel in tunnels]
     for tunnel, cancel in zip(tunnels, cancels, strict=True):
         if cancel is not None:
             try:
@@ -366,7 +384,7 @@ def open_remote_client(host: Host, timeout: float) -> tuple[Any, dict[str, Any],
     path = remote_socket_path(host, timeout)
     control = master_control_path(host)
     master = None if control is None else ssh_base_argv(host, ("ControlMaster=no", f"ControlPath={control}"))
-    tunnel = DockerTunnel(host, base, path, master)
+    tunnel = DockerTunnel(host, base, path, master, control)
     tunnel.open(timeout)
     # Imported only now: in a fleet's prefetch every host's thread gets here, and the first import
     # (0.1 s) holds the others, which meanwhile had their round trips to make.
