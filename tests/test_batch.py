@@ -22,9 +22,9 @@ from pytest_gpuhost.facts.docker_engine import list_daemon_processes
 from pytest_gpuhost.facts.gather import gather_host_facts
 from pytest_gpuhost.facts.toolkit import gather_toolkit
 from pytest_gpuhost.hosts import prefetch, remote_shell, workers
-from pytest_gpuhost.hosts.batch import Reads, batched
+from pytest_gpuhost.hosts.batch import Reads, batched, builtins_only
 from pytest_gpuhost.hosts.host import LocalHost
-from pytest_gpuhost.hosts.remote import TestinfraHost, control_path
+from pytest_gpuhost.hosts.remote import TestinfraHost, batch_items, control_path
 from pytest_gpuhost.stash import SESSION_KEY
 
 
@@ -278,6 +278,33 @@ def test_a_fleet_host_s_facts_carry_its_prefetch_s_first_reads(
     assert exchanges.total == before + 1
     assert prefetch.value(fake_config, "text_fixture", "node1", lambda: "again") == "line one\nline two\n"
     workers.close(fake_config)
+
+
+def test_a_builtins_only_script_runs_in_the_batch_s_shell_and_leaves_its_variables_alone(
+    node: tuple[TestinfraHost, Exchanges], tree: Path
+) -> None:
+    """No `timeout` and no `sh` of its own, the same answer, and the batch's own variables (its
+    token and folder, named t and d) survive a script that sets them."""
+    host, exchanges = node
+    script = builtins_only('t=x; d=y; for a; do printf "%s|" "$a"; done; [ "$#" = 2 ]')
+    argv = ("sh", "-c", script, "sh", "one two", "it's")
+    (item,) = batch_items(Reads(commands=((argv, 10),)), host._command)
+    assert not item.remote.startswith("timeout") and " sh -c " not in item.remote
+    text = str(tree / "text")
+    before = exchanges.total
+    with batched(host, Reads(commands=((argv, 10),), files=(text,))):
+        batched_answer = host.run(argv, timeout=10)
+        assert host.read_text(text) == "line one\nline two\n"
+    assert exchanges.total == before + 1
+    alone = host.run(argv, timeout=10)
+    assert (
+        (batched_answer.returncode, batched_answer.stdout)
+        == (alone.returncode, alone.stdout)
+        == (
+            0,
+            "one two|it's|",
+        )
+    )
 
 
 def test_another_thread_asks_the_host_itself(node: tuple[TestinfraHost, Exchanges], tree: Path) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pytest_gpuhost.hosts.batch import Reads, batched, command
+from pytest_gpuhost.hosts.batch import Reads, batched, builtins_only, command
 from pytest_gpuhost.hosts.host import Host
 from pytest_gpuhost.timeouts import call_with_timeout
 
@@ -163,8 +163,10 @@ def _same_socket(a: str, b: str) -> bool:
 DAEMON_SCAN = (
     "sh",
     "-c",
-    'for p in /proc/[0-9]*; do c=; read -r c 2>/dev/null <"$p/comm"; '
-    f'case "$c" in {"|".join(DAEMON_NAMES)}) echo "${{p#/proc/}}";; esac; done',
+    builtins_only(
+        'for p in /proc/[0-9]*; do c=; read -r c 2>/dev/null <"$p/comm"; '
+        f'case "$c" in {"|".join(DAEMON_NAMES)}) echo "${{p#/proc/}}";; esac; done'
+    ),
 )
 
 

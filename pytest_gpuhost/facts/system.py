@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from pytest_gpuhost.facts.model import KernelFacts, PciGpu
-from pytest_gpuhost.hosts.batch import Reads, batched
+from pytest_gpuhost.hosts.batch import Reads, batched, builtins_only
 from pytest_gpuhost.hosts.host import Host
 
 NVIDIA_VENDOR = "0x10de"
@@ -20,9 +20,11 @@ _MODULE_VERSION = re.compile(r"Kernel Module(?:\s+for\s+\S+)?\s+(\d+\.\d+(?:\.\d
 PCI_SCAN = (
     "sh",
     "-c",
-    f'for d in {PCI_DEVICES}/*; do [ -r "$d/vendor" ] || continue; '
-    'v=; c=; read -r v <"$d/vendor"; read -r c 2>/dev/null <"$d/class"; '  # builtins: no process each
-    'printf "%s %s %s\\n" "${d##*/}" "$v" "$c"; done',
+    builtins_only(
+        f'for d in {PCI_DEVICES}/*; do [ -r "$d/vendor" ] || continue; '
+        'v=; c=; read -r v <"$d/vendor"; read -r c 2>/dev/null <"$d/class"; '  # builtins: no process each
+        'printf "%s %s %s\\n" "${d##*/}" "$v" "$c"; done'
+    ),
 )
 
 
@@ -97,7 +99,7 @@ def loaded_modules(host: Host) -> frozenset[str]:
 SYS_MODULES = ("nvidia", "nvidia_uvm", "nvidia_drm", "nvidia_modeset", "nouveau")
 # The names among its arguments with /sys/module/NAME/initstate or .../version (a file or a link),
 # as Host.exists asks of each.
-SYS_MODULE_SCRIPT = (
+SYS_MODULE_SCRIPT = builtins_only(
     'for m; do for f in initstate version; do p="/sys/module/$m/$f"; '
     'if test -e "$p" || test -L "$p"; then echo "$m"; break; fi; done; done'
 )

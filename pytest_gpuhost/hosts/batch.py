@@ -49,6 +49,18 @@ class Reads:
         return bool(self.files or self.dirs or self.paths or self.links or self.commands)
 
 
+# Scripts for ``sh -c`` made of shell builtins only, reading what cannot hang (sysfs attributes,
+# /proc/PID/comm): a batch runs them in a subshell of its own shell, without the `timeout` and the
+# `sh` that ``Host.run`` starts, two processes of the host's less each.
+BUILTIN_SCRIPTS: set[str] = set()
+
+
+def builtins_only(script: str) -> str:
+    """``script``, marked as one that a batch may run in its own shell (``BUILTIN_SCRIPTS``)."""
+    BUILTIN_SCRIPTS.add(script)
+    return script
+
+
 def command(argv: Sequence[str], timeout: float = DEFAULT_COMMAND_TIMEOUT) -> Reads:
     """The reads of one ``host.run(argv, timeout)``."""
     return Reads(commands=((tuple(argv), timeout),))

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from pytest_gpuhost.diagnosis import Diagnosis
 from pytest_gpuhost.facts.model import GpuListing, HostFacts, KernelFacts, Precondition
 from pytest_gpuhost.hosts import remote_shell
-from pytest_gpuhost.hosts.batch import Reads
+from pytest_gpuhost.hosts.batch import BUILTIN_SCRIPTS, Reads
 from pytest_gpuhost.hosts.host import DEFAULT_COMMAND_TIMEOUT, CommandResult, Host
 from pytest_gpuhost.hosts.remote_shell import SSH_FAILED, RemoteShell
 from pytest_gpuhost.timeouts import NativeCallTimeout, call_with_timeout
@@ -268,8 +268,16 @@ def batch_items(reads: Reads, bounded: Callable[[tuple[str, ...], float], str]) 
         add(("link", path), ("readlink", "--", path), shlex.join(["readlink", "--", path]))
     for argv, timeout in reads.commands:
         command = bounded(argv, timeout)
-        add(("run", command), argv, command, timeout + 5)
+        add(("run", command), argv, _builtin_script(argv) or command, timeout + 5)
     return list(items.values())
+
+
+def _builtin_script(argv: tuple[str, ...]) -> str | None:
+    """``sh -c SCRIPT [NAME ARGS...]`` of a ``builtins_only`` script as a subshell of the batch's
+    shell (its variables stay there); None for any other command."""
+    if len(argv) < 3 or argv[:2] != ("sh", "-c") or argv[2] not in BUILTIN_SCRIPTS:
+        return None
+    return f"( set -- {shlex.join(argv[4:])}; {argv[2]}\n)"
 
 
 def connection_error_text(exc: BaseException) -> str:
