@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -89,6 +90,19 @@ def run_checks(
 
 
 # -- parsing -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    ["a=1 b=2", " a=1\tb=x\xa0y ", "a=#1 b=c=d", "a=x\\ y", "a='p q' b=\"r s\"", "a=1  b"],
+)
+def test_metric_words_are_shlex_words_whichever_way_they_are_split(body: str) -> None:
+    """Lines without quotes skip shlex (thousands in a fleet's report); their words are the same."""
+    words = shlex.split(body)
+    expected = {w.partition("=")[0]: w.partition("=")[2] for w in words if "=" in w}
+    if not words[-1].count("="):
+        expected["a"] += " " + words[-1]  # a word without = continues the value before it
+    assert {k: str(v) for k, v in parse_metrics(f"gpuhost.metric {body}").items()} == expected
 
 
 def test_metric_lines_become_typed_values() -> None:

@@ -55,6 +55,11 @@ def schema_path() -> Path:
 # -- parsing what a check printed or raised ----------------------------------------------------
 
 
+# Without quotes or backslashes, shlex.split only splits at shlex's whitespace.
+_SHELL_QUOTING = re.compile(r"""['"\\]""")
+_SHELL_SPACE = re.compile(r"[ \t\r\n]+")
+
+
 def parse_value(key: str, text: str) -> Any:
     """A metric value as a JSON number or boolean where it is one; versions stay strings."""
     if _VERSION_KEY.search(key):
@@ -80,10 +85,13 @@ def parse_metrics(stdout: str) -> dict[str, Any]:
         if not line.startswith(METRIC_PREFIX + " "):
             continue
         body = line[len(METRIC_PREFIX) :]
-        try:
-            words = shlex.split(body)
-        except ValueError:  # an unbalanced quote: take the words as they are
-            words = body.split()
+        if not _SHELL_QUOTING.search(body):
+            words = _SHELL_SPACE.split(body.strip(" \t\r\n"))  # shlex's words, at a tenth of the cost
+        else:
+            try:
+                words = shlex.split(body)
+            except ValueError:  # an unbalanced quote: take the words as they are
+                words = body.split()
         last: str | None = None
         raw: dict[str, str] = {}
         for word in words:
