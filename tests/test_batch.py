@@ -18,9 +18,9 @@ import pytest
 from hosts_support import HereBackend
 from sshd_support import SshLab
 
-from pytest_gpuhost.facts.docker_engine import list_daemon_processes
+from pytest_gpuhost.facts.docker_engine import list_daemon_processes, parse_engine
 from pytest_gpuhost.facts.gather import gather_host_facts
-from pytest_gpuhost.facts.toolkit import gather_toolkit
+from pytest_gpuhost.facts.toolkit import gather_toolkit, toolkit_reads
 from pytest_gpuhost.hosts import prefetch, remote_shell, workers
 from pytest_gpuhost.hosts.batch import Reads, batched, builtins_only
 from pytest_gpuhost.hosts.host import LocalHost
@@ -382,6 +382,23 @@ def test_facts_gathered_in_batches_are_the_facts_of_single_questions(
     assert list_daemon_processes(host) == batched_daemons
     alone = exchanges.total - before
     assert asked <= 5 and alone >= asked + 10, (asked, alone)
+
+
+def test_a_fleet_host_s_toolkit_facts_need_no_round_trip_of_their_own(
+    node: tuple[TestinfraHost, Exchanges],
+) -> None:
+    """The prefetch's first round trip holds the toolkit's usual files (``toolkit_reads``); the
+    daemon's environment comes with its command line: the toolkit asks the host nothing more."""
+    host, exchanges = node
+    with batched(host, toolkit_reads(10.0)):  # as a fleet host's prefetch holds them
+        daemons = list_daemon_processes(host)
+        if not daemons:
+            pytest.skip("needs a Docker daemon running on this machine")
+        engine = parse_engine({}, {}, docker_host=None, sdk_version=None, socket=None, process=daemons[0])
+        before = exchanges.total
+        toolkit = gather_toolkit(host, 10.0, engine)
+        assert exchanges.total == before
+    assert toolkit == gather_toolkit(host, 10.0, engine)  # the same facts, asked anew
 
 
 def test_the_shell_frames_each_batched_answer() -> None:

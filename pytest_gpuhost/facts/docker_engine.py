@@ -191,6 +191,11 @@ def daemon_pids(host: Host) -> list[str]:
     return pids
 
 
+def environ_file(pid: int) -> str:
+    """Where a process's environment is (root or its owner only)."""
+    return f"/proc/{pid}/environ"
+
+
 def list_daemon_processes(host: Host) -> list[DaemonProcess]:
     """Every ``dockerd`` in ``/proc`` that this user may see."""
     found = []
@@ -198,7 +203,8 @@ def list_daemon_processes(host: Host) -> list[DaemonProcess]:
     asked = Reads(
         files=tuple(f"/proc/{p}/cmdline" for p in pids), links=tuple(f"/proc/{p}/exe" for p in pids)
     )
-    with batched(host, asked):
+    # The toolkit's facts read the daemon's environment next: asked in the same round trip.
+    with batched(host, asked, ahead=Reads(files=tuple(environ_file(int(p)) for p in pids))):
         for entry in pids:
             try:
                 raw = host.read_text(f"/proc/{entry}/cmdline") or ""

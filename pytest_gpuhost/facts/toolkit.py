@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_gpuhost.facts.docker_engine import EngineFacts
+from pytest_gpuhost.facts.docker_engine import EngineFacts, environ_file
 from pytest_gpuhost.facts.model import GpuInfo
 from pytest_gpuhost.hosts.batch import Reads, batched
 from pytest_gpuhost.hosts.host import Host
@@ -360,7 +360,7 @@ class ToolkitFacts:
 
 def daemon_environ_files(engine: EngineFacts | None) -> tuple[str, ...]:
     """Where dockerd's environment is, if its process is known."""
-    return () if engine is None or engine.process is None else (f"/proc/{engine.process.pid}/environ",)
+    return () if engine is None or engine.process is None else (environ_file(engine.process.pid),)
 
 
 def daemon_environment(host: Host, engine: EngineFacts | None) -> dict[str, str]:
@@ -396,18 +396,25 @@ def cdi_spec_dirs(engine: EngineFacts | None, daemon_config: ConfigFile) -> tupl
     return CDI_DIRS
 
 
+def toolkit_reads(
+    timeout: float, engine: EngineFacts | None = None, env: Mapping[str, str] | None = None
+) -> Reads:
+    """What ``gather_toolkit`` asks a remote host first, in one round trip; without ``engine``,
+    at the usual paths (the runtime's config and the spec directories, which the daemon may
+    move), as a fleet host's facts ask them ahead."""
+    return Reads(
+        files=(daemon_config_path(engine, env), RUNTIME_CONFIG, *(daemon_environ_files(engine))),
+        dirs=engine.cdi_spec_dirs if engine is not None and engine.cdi_spec_dirs else CDI_DIRS,
+        commands=tuple(((name, "--version"), timeout) for name in TOOLS),
+    )
+
+
 def gather_toolkit(
     host: Host, timeout: float, engine: EngineFacts | None = None, env: Mapping[str, str] | None = None
 ) -> ToolkitFacts:
     config_path = daemon_config_path(engine, env)
-    # A remote host answers in one round trip what the steps below ask first; the runtime's
-    # config and the spec directories are the usual ones, which the daemon may change.
-    asked = Reads(
-        files=(config_path, RUNTIME_CONFIG, *(daemon_environ_files(engine))),
-        dirs=engine.cdi_spec_dirs if engine is not None and engine.cdi_spec_dirs else CDI_DIRS,
-        commands=tuple(((name, "--version"), timeout) for name in TOOLS),
-    )
-    with batched(host, asked):
+    # The daemon's environment was asked ahead with its command line (docker_engine).
+    with batched(host, toolkit_reads(timeout, engine, env), take_ahead=True):
         daemon_config = read_json_config(host, config_path)
         return ToolkitFacts(
             tools={name: probe_tool(host, name, timeout) for name in TOOLS},
