@@ -175,7 +175,7 @@ def declared_reads(host: Host, timeout: float, fixtures: Iterable[str] | None = 
     """What the computations of ``fixtures`` (all registered ones when None) will ask ``host``."""
     reads = Reads()
     with contextlib.suppress(Exception):  # a read that cannot be named is asked on its own
-        for fixture in WARMERS if fixtures is None else fixtures:
+        for fixture in list(WARMERS) if fixtures is None else fixtures:  # a suite may register meanwhile
             if fixture in READS:
                 reads += READS[fixture](host, timeout)
     return reads
